@@ -1,0 +1,58 @@
+"""Batch bookkeeping for one PPO update, derived from the config and never written back into it."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Sizes of one update: B sequences = prompts × samples, split into minibatches and micro-batches."""
+
+    prompts: int
+    samples_per_prompt: int
+    num_minibatches: int
+    micro_batch_size: int
+
+    @property
+    def sequences(self) -> int:
+        return self.prompts * self.samples_per_prompt
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.sequences // self.num_minibatches
+
+    @classmethod
+    def from_config(cls, cfg) -> "BatchPlan":
+        return cls(cfg.rollout_batch_size, cfg.samples_per_prompt, cfg.num_minibatches, cfg.micro_batch_size)
+
+    def minibatches(self, generator: torch.Generator) -> list[torch.Tensor]:
+        """One random permutation of the rollout, cut into minibatches of row indices."""
+        perm = torch.randperm(self.sequences, generator=generator)
+        return list(perm.split(self.minibatch_size))
+
+    def micro_batches(self, minibatch: torch.Tensor) -> list[torch.Tensor]:
+        return list(minibatch.split(self.micro_batch_size))
+
+
+def derive_seed(seed: int, purpose: str, index: int) -> int:
+    """A stable 63-bit seed for (seed, purpose, index): independent streams for sampling, shuffles and init."""
+    digest = hashlib.sha256(f"{seed}/{purpose}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def prompt_indices(update: int, batch: int, n_prompts: int, seed: int) -> list[int]:
+    """Prompt indices for ``update``: a fresh seeded shuffle of the prompt set on each pass over it, so the order is
+    a pure function of (seed, update) and a resumed run draws exactly the prompts an uninterrupted one would."""
+    out = []
+    cache: dict[int, list[int]] = {}
+    for k in range(update * batch, (update + 1) * batch):
+        epoch, pos = divmod(k, n_prompts)
+        if epoch not in cache:
+            g = torch.Generator().manual_seed(derive_seed(seed, "prompts", epoch))
+            cache[epoch] = torch.randperm(n_prompts, generator=g).tolist()
+        out.append(cache[epoch][pos])
+    return out

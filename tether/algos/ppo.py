@@ -1,0 +1,371 @@
+"""PPO for causal LMs, and the critic-free estimators on the same loop.
+
+One update reads as the data flow: 1. rollout → 2. score → 3. rewards → 4. advantages → 5. update → 6. report.
+The math lives in ``tether.ops``; this file only composes it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from tether import ops
+from tether.algos.batching import BatchPlan, derive_seed, prompt_indices
+from tether.config.base import dump
+from tether.config.ppo import PPOConfig
+from tether.errors import ConfigError, ModelError
+from tether.models.forward import causal_lm_logits
+from tether.models.load import (
+    disable_dropout,
+    ensure_pad_token,
+    load_causal_lm,
+    load_sequence_classifier,
+    load_tokenizer,
+    resize_for_tokenizer,
+    vocab_check,
+)
+from tether.models.value import ValueModel
+from tether.records import Experience
+from tether.rewards.base import combine_scores, resolve_reward_sources
+from tether.rewards.reward_model import RewardModelScorer
+from tether.rollout.generate import encode_prompts, generate
+from tether.rollout.score import critic_values, reference_logprobs, rollout_values
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class PPOTrainer:
+    """Train ``policy`` against ``reward`` with PPO (or a critic-free estimator), tethered to a frozen reference.
+
+    Arguments given here take precedence over the paths in ``config``: ``policy`` a directory or a loaded causal LM;
+    ``reward`` a reward-model directory, a callable ``(prompts, completions) -> floats``, or a list of those or of
+    ``(source, weight)`` pairs; ``prompts`` a list of strings, a file path or a ``datasets.Dataset``.
+    """
+
+    def __init__(
+        self,
+        config: PPOConfig,
+        *,
+        policy: Any = None,
+        tokenizer: Any = None,
+        reward: Any = None,
+        prompts: Any = None,
+        reference: Optional[nn.Module] = None,
+        critic: Optional[nn.Module] = None,
+    ):
+        self.cfg = cfg = config
+        torch.manual_seed(derive_seed(cfg.seed, "init", 0))
+        self.policy, self.tokenizer = self._load_policy(policy if policy is not None else cfg.policy, tokenizer)
+        self.ref = self._load_reference(reference)
+        self.rewards = resolve_reward_sources(
+            reward, cfg.rewards, self.tokenizer, DTYPES[cfg.dtype], cfg.trust_remote_code
+        )
+        self.critic = self._load_critic(critic) if cfg.uses_critic else None
+        self.prompts = self._load_prompts(prompts if prompts is not None else cfg.prompts)
+        self.plan = BatchPlan.from_config(cfg)
+        self.kl_ctl = (
+            ops.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+            if cfg.kl_controller == "adaptive"
+            else ops.FixedKLController(cfg.kl_coef)
+        )
+        self.optimizers, self.schedulers = self._build_optimizers()
+        self.update = 0
+        self.output_dir = Path(cfg.output_dir)
+        self.history: list[dict] = []
+
+    # ---------------------------------------------------------------- set-up
+    def _load_policy(self, policy: Any, tokenizer: Any):
+        if policy is None:
+            raise ConfigError("policy: required (a model directory or a loaded causal LM)")
+        if isinstance(policy, (str, Path)):
+            tokenizer = tokenizer or load_tokenizer(policy, self.cfg.trust_remote_code)
+            policy = load_causal_lm(policy, trust_remote_code=self.cfg.trust_remote_code)
+        elif tokenizer is None:
+            raise ConfigError("tokenizer: required when the policy is passed as a model object")
+        ensure_pad_token(tokenizer, self.cfg.pad_policy)
+        resize_for_tokenizer(policy, tokenizer)
+        vocab_check(policy, tokenizer, "policy")
+        disable_dropout(policy)
+        tokenizer.padding_side = "left"
+        return policy, tokenizer
+
+    def _load_reference(self, reference: Optional[nn.Module]) -> nn.Module:
+        if reference is None and self.cfg.reference:
+            reference = load_causal_lm(self.cfg.reference, trust_remote_code=self.cfg.trust_remote_code)
+        if reference is None:
+            reference = copy.deepcopy(self.policy)
+        resize_for_tokenizer(reference, self.tokenizer)
+        vocab_check(reference, self.tokenizer, "reference")
+        reference = disable_dropout(reference).eval().requires_grad_(False)
+        if self.cfg.dtype != "float32":
+            reference = reference.to(DTYPES[self.cfg.dtype])
+        return reference
+
+    def _load_critic(self, critic: Optional[nn.Module]) -> nn.Module:
+        if critic is not None:
+            return critic
+        source: nn.Module
+        if self.cfg.critic:
+            cfg_json = Path(self.cfg.critic) / "config.json"
+            archs = json.loads(cfg_json.read_text()).get("architectures") or [] if cfg_json.is_file() else []
+            loader = load_sequence_classifier if any("SequenceClassification" in a for a in archs) else load_causal_lm
+            source = loader(self.cfg.critic, trust_remote_code=self.cfg.trust_remote_code)
+        else:
+            rm = next(
+                (s.fn for s in self.rewards if isinstance(s.fn, RewardModelScorer) and s.fn.shares_tokenizer
+                 and isinstance(getattr(s.fn.model, "score", None), nn.Linear)),
+                None,
+            )
+            source = copy.deepcopy(rm.model) if rm is not None else copy.deepcopy(self.policy)
+        resize_for_tokenizer(source, self.tokenizer)
+        value = ValueModel.from_pretrained_model(source)
+        if self.cfg.dtype != "float32" or next(value.parameters()).dtype == torch.bfloat16:
+            value = value.float()  # the critic trains in float32 (or float64 when handed a float64 model)
+        return value.requires_grad_(True)
+
+    def _load_prompts(self, prompts: Any) -> list[str]:
+        if prompts is None:
+            raise ConfigError("prompts: required (a list of strings, a prompt file, or a datasets.Dataset)")
+        if isinstance(prompts, list) and all(isinstance(p, str) for p in prompts):
+            out = list(prompts)
+        else:
+            from tether.data.readers import load_prompts
+
+            out = load_prompts(prompts, self.tokenizer)
+        if not out:
+            raise ConfigError("prompts: the prompt set is empty")
+        for i, p in enumerate(out):
+            if not p.strip():
+                raise ConfigError(f"prompts: prompt {i} is empty")
+        return out
+
+    def _build_optimizers(self):
+        from tether.algos.common import build_optimizer, build_scheduler
+
+        cfg = self.cfg
+        opts, scheds = {}, {}
+        models = {"policy": (self.policy, cfg.lr)}
+        if self.critic is not None:
+            models["critic"] = (self.critic, cfg.critic_lr)
+        for name, (model, lr) in models.items():
+            params = [p for p in model.parameters() if p.requires_grad]
+            opts[name] = build_optimizer(params, lr, cfg.weight_decay, eps=cfg.adam_eps)
+            scheds[name] = build_scheduler(opts[name], cfg.lr_schedule, cfg.warmup_updates, cfg.num_updates)
+        return opts, scheds
+
+    # ---------------------------------------------------------------- one update
+    def step(self) -> dict[str, float]:
+        """Run one PPO update (rollout, scoring, epochs of minibatch updates) and return its metrics."""
+        cfg, plan, u = self.cfg, self.plan, self.update
+        t0 = time.perf_counter()
+        # 1. rollout: sample completions from the tempered policy; old log-probs from the training forward
+        idx = prompt_indices(u, cfg.rollout_batch_size, len(self.prompts), cfg.seed)
+        texts = [self.prompts[i] for i in idx for _ in range(cfg.samples_per_prompt)]
+        batch = encode_prompts(self.tokenizer, texts, texts, cfg.max_prompt_length, cfg.prompt_truncation)
+        torch.manual_seed(derive_seed(cfg.seed, "rollout", u))
+        rollout, gen_logprobs = generate(
+            self.policy, self.tokenizer, batch, response_length=cfg.response_length, temperature=cfg.temperature,
+            stop_at_eos=cfg.stop_at_eos, micro_batch_size=cfg.micro_batch_size,
+        )
+        mask = rollout.response_mask
+        # 2. score: reference log-probs, rewards, critic values (no grad)
+        ref_logprobs = reference_logprobs(self.ref, rollout, cfg.temperature, cfg.micro_batch_size)
+        scores, parts = combine_scores(self.rewards, rollout.prompts, rollout.completions, rollout)
+        if cfg.missing_eos_penalty is not None:
+            scores = ops.apply_missing_eos_penalty(scores, rollout.has_eos, cfg.missing_eos_penalty,
+                                                   cfg.missing_eos_mode)
+        if cfg.score_clip is not None:
+            scores = ops.clip_scores(scores, cfg.score_clip)
+        crit_mask = ops.critic_mask(mask, cfg.score_placement)
+        values = rollout_values(self.critic, rollout, crit_mask, cfg.micro_batch_size) if self.critic else None
+        t_score = time.perf_counter()
+        # 3. rewards: −β·KL at every token (KL-in-reward) and the score at one index
+        kl = torch.where(mask, ops.kl_penalty(rollout.logprobs, ref_logprobs, cfg.kl_estimator,
+                                              cfg.kl_log_ratio_clamp), 0.0)
+        beta = self.kl_ctl.value
+        rewards = ops.shape_rewards(scores, kl, mask, beta if cfg.kl_in == "reward" else 0.0, cfg.score_placement)
+        if cfg.whiten_rewards:
+            rewards = ops.whiten_rewards(rewards, crit_mask)
+        # 4. advantages: GAE with the critic, or a critic-free baseline
+        advantages, returns = ops.ADVANTAGE_ESTIMATORS[cfg.advantage](
+            rewards, values, crit_mask, scores, gamma=cfg.gamma, lam=cfg.lam,
+            group_size=cfg.samples_per_prompt, eps=1e-6,
+        )
+        if cfg.uses_critic and cfg.whiten_advantages:
+            advantages = ops.masked_whiten(advantages, crit_mask)
+        exp = Experience(rollout.query_response, rollout.attention_mask, mask, crit_mask, rollout.logprobs,
+                         ref_logprobs, values, rewards, advantages, returns)
+        t_update = time.perf_counter()
+        # 5. update: epochs × minibatches × micro-batches, one optimizer step per minibatch
+        train_stats = self._update(exp, rollout.query_length)
+        # 6. report, then move β and the learning rates
+        seq_kl = ops.sequence_sum(ops.kl_penalty(rollout.logprobs, ref_logprobs, "k1"), mask)
+        self.kl_ctl.update(float(seq_kl.mean()), plan.sequences)
+        for s in self.schedulers.values():
+            s.step()
+        t_end = time.perf_counter()
+        n_tokens = int(mask.sum())
+        metrics: dict[str, float] = {
+            "update": u + 1,
+            "objective/score": float(scores.mean()),
+            **{f"objective/score/{k}": float(v.mean()) for k, v in parts.items()},
+            "objective/kl": float(seq_kl.mean()),
+            "objective/kl_coef": beta,
+            "objective/rlhf_reward": float((scores - beta * seq_kl).mean()),
+            "objective/entropy": float(ops.sequence_sum(-rollout.logprobs, mask).mean()),
+            "response/length_mean": float(mask.sum(1).float().mean()),
+            "response/eos_fraction": float(rollout.has_eos.float().mean()),
+            "rollout/logprob_mismatch_max": float((gen_logprobs - rollout.logprobs).abs().masked_fill(~mask, 0).max()),
+            "time/rollout_s": t_score - t0,
+            "time/score_s": t_update - t_score,
+            "time/update_s": t_end - t_update,
+            "perf/tokens_per_s": n_tokens / max(t_end - t0, 1e-9),
+            "lr/policy": self.optimizers["policy"].param_groups[0]["lr"],
+            **train_stats,
+        }
+        if values is not None:
+            metrics["value/explained_variance"] = float(ops.explained_variance(values, returns, crit_mask))
+            metrics["value/mean"] = float(ops.masked_mean(values, crit_mask))
+        self.update += 1
+        self._log(metrics, rollout, scores, parts)
+        return metrics
+
+    def _update(self, exp: Experience, q: int) -> dict[str, float]:
+        cfg, plan = self.cfg, self.plan
+        train_policy = self.update >= cfg.critic_warmup_updates
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, "minibatch", self.update))
+        sums: dict[str, float] = {}
+        weights: dict[str, float] = {}
+        maxima = {"policy/ratio_max": -float("inf")}
+        first = {"policy/first_minibatch_ratio_dev": 0.0, "policy/first_minibatch_clipfrac": 0.0}
+        steps = skipped = 0
+        stop = False
+        for epoch in range(cfg.num_ppo_epochs):
+            for mb_number, mb_idx in enumerate(plan.minibatches(g)):
+                is_first = epoch == 0 and mb_number == 0
+                mb = exp.select(mb_idx)
+                counts = dict(num_tokens=float(mb.response_mask.sum()), num_seqs=float(len(mb_idx)),
+                              max_len=float(mb.response_mask.shape[1]))
+                vcounts = dict(counts, num_tokens=float(mb.critic_mask.sum()))
+                for opt in self.optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                mb_kl = 0.0
+                for micro_idx in plan.micro_batches(torch.arange(len(mb_idx))):
+                    x = mb.select(micro_idx)
+                    logits = causal_lm_logits(self.policy, x.query_response, x.attention_mask)[:, q - 1 : -1]
+                    new_logprobs = ops.logprobs_from_logits(logits, x.query_response[:, q:], cfg.temperature)
+                    pg_loss, pg = ops.clipped_policy_loss(
+                        new_logprobs, x.logprobs, x.advantages, x.response_mask, clip_low=cfg.clip_eps,
+                        clip_high=cfg.clip_eps_high, dual_clip=cfg.dual_clip, mode=cfg.loss_aggregation, **counts,
+                    )
+                    loss = pg_loss if train_policy else pg_loss * 0.0
+                    if cfg.entropy_coef > 0:
+                        ent = ops.entropy_from_logits(logits, cfg.temperature)
+                        loss = loss + cfg.entropy_coef * ops.entropy_loss(ent, x.response_mask,
+                                                                          mode=cfg.loss_aggregation, **counts)
+                    if cfg.kl_in == "loss" and self.kl_ctl.value > 0:
+                        loss = loss + self.kl_ctl.value * ops.kl_loss(
+                            new_logprobs, x.ref_logprobs, x.response_mask, estimator=cfg.kl_estimator,
+                            log_ratio_clamp=cfg.kl_log_ratio_clamp or 10.0, mode=cfg.loss_aggregation, **counts)
+                    share = float(x.response_mask.sum()) / counts["num_tokens"]
+                    stats = {"policy/loss": float(pg_loss.detach()) / share if share else 0.0,
+                             "policy/clipfrac": float(pg["clipfrac"]), "policy/approx_kl": float(pg["approx_kl"]),
+                             "policy/ratio_mean": float(pg["ratio_mean"])}
+                    if self.critic is not None:
+                        new_values = critic_values(self.critic, x.query_response, x.attention_mask, q)
+                        vf_loss, vf = ops.clipped_value_loss(new_values, x.values, x.returns, x.critic_mask,
+                                                             clip=cfg.value_clip, mode="token_mean", **vcounts)
+                        loss = loss + cfg.vf_coef * vf_loss
+                        vshare = float(x.critic_mask.sum()) / vcounts["num_tokens"]
+                        stats.update({"value/loss": float(vf_loss.detach()) / vshare, "value/clipfrac": float(vf["clipfrac"])})
+                    loss.backward()
+                    for k, v in stats.items():
+                        sums[k] = sums.get(k, 0.0) + v * share
+                        weights[k] = weights.get(k, 0.0) + share
+                    maxima["policy/ratio_max"] = max(maxima["policy/ratio_max"], float(pg["ratio_max"]))
+                    mb_kl += float(pg["approx_kl"]) * share
+                    if is_first:  # ppo_details.md O1: ratio exactly 1 through every micro-batch of it
+                        dev = float(torch.maximum((pg["ratio_max"] - 1).abs(), (pg["ratio_min"] - 1).abs()))
+                        first["policy/first_minibatch_ratio_dev"] = max(first["policy/first_minibatch_ratio_dev"], dev)
+                        first["policy/first_minibatch_clipfrac"] = max(first["policy/first_minibatch_clipfrac"],
+                                                                       float(pg["clipfrac"]))
+                ok = self._optimizer_step(train_policy)
+                steps += ok
+                skipped += not ok
+                if cfg.target_kl is not None and mb_kl > cfg.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        out = {k: sums[k] / weights[k] for k in sums}
+        out.update(maxima)
+        out.update(first)
+        out["train/optimizer_steps"] = steps
+        out["train/skipped_steps"] = skipped
+        out["train/epochs_done"] = epoch + 1
+        return out
+
+    def _optimizer_step(self, train_policy: bool) -> bool:
+        """Clip and apply the accumulated gradients; skip the step when any gradient is not finite."""
+        named = {"policy": self.policy, "critic": self.critic}
+        params = {k: [p for p in m.parameters() if p.grad is not None] for k, m in named.items() if m is not None}
+        for k, ps in params.items():
+            if any(not bool(torch.isfinite(p.grad).all()) for p in ps):
+                for opt in self.optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                print(f"tether: update {self.update + 1}: non-finite {k} gradient, optimizer step skipped",
+                      file=sys.stderr)
+                return False
+        for k, ps in params.items():
+            if self.cfg.max_grad_norm is not None and ps:
+                torch.nn.utils.clip_grad_norm_(ps, self.cfg.max_grad_norm)
+            if k == "policy" and not train_policy:
+                continue
+            self.optimizers[k].step()
+        return True
+
+    # ---------------------------------------------------------------- loop, logs, outputs
+    def train(self) -> list[dict[str, float]]:
+        """Run the remaining updates up to ``num_updates``, then save the final model. Returns the metrics."""
+        from tqdm.auto import tqdm
+
+        show = self.cfg.progress and sys.stderr.isatty()
+        bar = tqdm(total=self.cfg.num_updates, initial=self.update, desc="ppo", disable=not show, unit="update")
+        while self.update < self.cfg.num_updates:
+            m = self.step()
+            bar.update(1)
+            bar.set_postfix(score=f"{m['objective/score']:.3f}", kl=f"{m['objective/kl']:.3f}",
+                            beta=f"{m['objective/kl_coef']:.3g}", clip=f"{m.get('policy/clipfrac', 0):.3f}")
+        bar.close()
+        self.save(self.output_dir / "final")
+        return self.history
+
+    def _log(self, metrics: dict, rollout, scores, parts) -> None:
+        self.history.append(metrics)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+        every, n = self.cfg.sample_every, self.cfg.num_samples_logged
+        if every and n and (self.update % every == 0 or self.update == 1):
+            with open(self.output_dir / "samples.jsonl", "a", encoding="utf-8") as f:
+                for i in range(min(n, len(rollout.prompts))):
+                    row = {"update": self.update, "prompt": rollout.prompts[i], "completion": rollout.completions[i],
+                           "score": float(scores[i]), **{k: float(v[i]) for k, v in parts.items()}}
+                    f.write(json.dumps(row) + "\n")
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Policy (and critic under ``critic/``) in ``save_pretrained`` format with the tokenizer and resolved config."""
+        from tether.algos.common import save_model_atomic
+
+        out = Path(out_dir)
+        save_model_atomic(self.policy, self.tokenizer, out, extra_files={"tether_config.yaml": dump(self.cfg)})
+        if self.critic is not None:
+            self.critic.save(out / "critic")
+        return out

@@ -1,0 +1,261 @@
+"""Supervised fine-tuning: next-token cross-entropy on completion tokens (or every token), then a saved model.
+
+The loop, step by step:
+1. load the model and tokenizer (a distinct pad token, dropout off), read and validate the data, hold out an eval split;
+2. tokenise (prompt tokens masked, one EOS at the end of each completion), optionally pack;
+3. for each optimizer step: ``grad_accum`` right-padded micro-batches, loss = token mean over all their targets;
+4. clip, step, schedule, log to ``metrics.jsonl``; evaluate every ``eval_every`` steps and at the end;
+5. save the model atomically in ``save_pretrained`` format with the tokenizer and ``tether_config.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tether.algos.common import (
+    MetricsWriter,
+    build_optimizer,
+    build_scheduler,
+    progress_bar,
+    save_model_atomic,
+    set_seed,
+    split_eval,
+    torch_dtype,
+)
+from tether.config.base import dump
+from tether.config.sft import SFTConfig
+from tether.data.readers import read_records
+from tether.data.sft import collate_sft, pack_sft, tokenize_sft_records
+from tether.errors import ConfigError, DataError
+from tether.models.forward import causal_lm_logits
+from tether.models.load import (
+    disable_dropout,
+    ensure_pad_token,
+    load_causal_lm,
+    load_tokenizer,
+    resize_for_tokenizer,
+    vocab_check,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTResult:
+    """What ``train_sft`` produced."""
+
+    output_dir: Path
+    """The saved model directory."""
+    eval_loss: float | None
+    """Token-mean cross-entropy on the held-out split after training (None without one)."""
+    train_loss: float | None
+    """Token-mean loss of the last optimizer step."""
+    steps: int
+    """Optimizer steps taken."""
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    """Every record written to ``metrics.jsonl``."""
+
+
+def sft_loss(logits: Tensor, labels: Tensor, loss_mask: Tensor, num_tokens: float | Tensor | None = None) -> Tensor:
+    """Masked next-token cross-entropy: ``Σ_{t: mask[t]} −log p(labels[t] | tokens < t) / num_tokens``.
+
+    Logits at column ``t`` score the token at ``t + 1``; label values where ``loss_mask`` is False are never read.
+    ``num_tokens`` defaults to this batch's target count; pass the count of the whole accumulation group so that the
+    micro-batch losses add up to the group's token mean (ppo_details.md B1, I4).
+    Shapes: logits (B, L, V), labels (B, L) long, loss_mask (B, L) bool → scalar float32.
+    """
+    mask = loss_mask[:, 1:].bool()
+    target = torch.where(mask, labels[:, 1:], torch.zeros_like(labels[:, 1:]))
+    lg = logits[:, :-1].float()
+    nll = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), target.reshape(-1), reduction="none").view_as(target)
+    total = torch.where(mask, nll, torch.zeros_like(nll)).sum()
+    n = mask.sum() if num_tokens is None else num_tokens
+    if not float(n) > 0:
+        raise ValueError("no target token in the batch (num_tokens is 0)")
+    return total / n
+
+
+def lm_logits(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Logits for an SFT batch: positions from the mask, or the packed ``position_ids`` (no mask → each packed
+    example attends only to itself). Shapes: (B, L) → (B, L, V)."""
+    if "position_ids" in batch:
+        return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+    return causal_lm_logits(model, batch["input_ids"], batch["attention_mask"])
+
+
+@torch.no_grad()
+def evaluate_sft(
+    model: nn.Module,
+    examples: Sequence[dict[str, Any]],
+    pad_token_id: int,
+    *,
+    completion_only: bool = True,
+    batch_size: int = 8,
+) -> float:
+    """Token-mean cross-entropy of ``model`` over tokenised ``examples`` (as :func:`sft_loss`, summed over batches)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    try:
+        for s in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in
+                     collate_sft(examples[s : s + batch_size], pad_token_id, completion_only=completion_only).items()}
+            n = int(batch["loss_mask"][:, 1:].sum())
+            if n:
+                total += float(sft_loss(lm_logits(model, batch), batch["labels"], batch["loss_mask"])) * n
+                count += n
+    finally:
+        model.train(was_training)
+    if not count:
+        raise ValueError("no target token in the evaluation examples")
+    return total / count
+
+
+def _max_positions(model: nn.Module) -> int | None:
+    cfg = model.config
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def prepare_causal_lm(cfg: Any, model: nn.Module | None, tokenizer: Any) -> tuple[nn.Module, Any]:
+    """Load (or adopt) the model and tokenizer; give the tokenizer a distinct pad token, resize the embeddings,
+    set the pad id in the model's configs and turn dropout off."""
+    if model is None and cfg.model is None:
+        raise ConfigError("model: required option is missing (a model directory)")
+    if tokenizer is None:
+        if cfg.model is None:
+            raise ConfigError("model: required to load the tokenizer when no tokenizer object is given")
+        tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    if model is None:
+        model = load_causal_lm(cfg.model, dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code)
+    ensure_pad_token(tokenizer, cfg.pad_policy)
+    resize_for_tokenizer(model, tokenizer)
+    vocab_check(model, tokenizer)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        gen.pad_token_id = tokenizer.pad_token_id
+    return disable_dropout(model), tokenizer
+
+
+def _eval_records(cfg: SFTConfig, records: list[dict]) -> tuple[list[dict], list[dict]]:
+    if cfg.eval_file is not None:
+        return records, read_records(cfg.eval_file, "sft")
+    return split_eval(records, cfg.eval_fraction, cfg.seed)
+
+
+def train_sft(
+    cfg: SFTConfig, *, model: nn.Module | None = None, tokenizer: Any = None, progress: bool = True
+) -> SFTResult:
+    """Fine-tune a causal LM as ``cfg`` says and save it to ``cfg.output_dir``.
+
+    ``model``/``tokenizer``: objects to use instead of loading ``cfg.model`` (a passed model keeps its dtype; the
+    tokenizer gets a pad token added when it lacks a distinct one). ``progress``: a tqdm bar when stderr is a terminal.
+    Raises ``DataError``/``ConfigError``/``ModelError`` with a one-line message for bad data, options or models.
+    """
+    set_seed(cfg.seed)
+    model, tokenizer = prepare_causal_lm(cfg, model, tokenizer)
+    device = next(model.parameters()).device
+    max_length = cfg.max_length
+    limit = _max_positions(model)
+    if limit is not None and max_length > limit:
+        log.info("max_length %d exceeds the model's %d positions; using %d", max_length, limit, limit)
+        max_length = limit
+
+    # 1. data: validate, split, tokenise (prompt tokens masked, one EOS), pack
+    train_records, eval_records = _eval_records(cfg, read_records(cfg.train_file, "sft"))
+    completion_only = cfg.completion_only_loss
+    train_ex, counts = tokenize_sft_records(train_records, tokenizer, max_length=max_length,
+                                            completion_only=completion_only)
+    if not train_ex:
+        raise DataError(f"{cfg.train_file}: no example keeps a target token within max_length={max_length}")
+    if counts["truncated"] or counts["dropped"]:
+        log.warning("%s: %d examples truncated to %d tokens, %d dropped (no target token left)",
+                    cfg.train_file, counts["truncated"], max_length, counts["dropped"])
+    eval_ex = tokenize_sft_records(eval_records, tokenizer, max_length=max_length,
+                                   completion_only=completion_only)[0] if eval_records else []
+    rows = pack_sft(train_ex, max_length) if cfg.packing else train_ex
+
+    # 2. schedule
+    micro_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+    total_steps = cfg.num_epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    if cfg.warmup_steps >= total_steps:
+        raise ConfigError(f"warmup_steps={cfg.warmup_steps} must be < the {total_steps} optimizer steps of this run")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg.lr, cfg.weight_decay, eps=cfg.adam_eps)
+    scheduler = build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps, total_steps)
+
+    out_dir = Path(cfg.output_dir)
+    writer = MetricsWriter(out_dir / "metrics.jsonl")
+    metrics: list[dict[str, Any]] = []
+    pad_id = tokenizer.pad_token_id
+    gen = torch.Generator().manual_seed(cfg.seed)
+    bar = progress_bar(total_steps, progress, desc="sft")
+    start = time.perf_counter()
+    step, train_loss, eval_loss = 0, None, None
+    model.train()
+
+    # 3. optimise
+    for epoch in range(cfg.num_epochs):
+        order = torch.randperm(len(rows), generator=gen).tolist()
+        micro = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        for g in range(0, len(micro), cfg.grad_accum):
+            batches = [
+                {k: v.to(device) for k, v in
+                 collate_sft([rows[i] for i in mb], pad_id, completion_only=completion_only).items()}
+                for mb in micro[g : g + cfg.grad_accum]
+            ]
+            n_tokens = sum(int(b["loss_mask"][:, 1:].sum()) for b in batches)
+            step_loss = 0.0
+            for b in batches:
+                loss = sft_loss(lm_logits(model, b), b["labels"], b["loss_mask"], num_tokens=n_tokens)
+                loss.backward()
+                step_loss += float(loss.detach())
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            train_loss = step_loss
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+            last = step == total_steps
+            record: dict[str, Any] = {}
+            if step % cfg.log_every == 0 or last:
+                record |= {"step": step, "epoch": epoch + (g + len(batches)) / max(1, len(micro)),
+                           "loss": step_loss, "lr": lr, "grad_norm": float(norm), "tokens": n_tokens,
+                           "elapsed_s": round(time.perf_counter() - start, 3)}
+            if eval_ex and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+                eval_loss = evaluate_sft(model, eval_ex, pad_id, completion_only=completion_only,
+                                         batch_size=cfg.eval_batch_size)
+                record |= {"step": step, "eval_loss": eval_loss}
+            if record:
+                metrics.append(writer.write(record))
+            if last:
+                break
+        if step >= total_steps:
+            break
+    bar.close()
+    model.eval()
+
+    # 4. save
+    save_model_atomic(model, tokenizer, out_dir, extra_files={"tether_config.yaml": dump(cfg)})
+    return SFTResult(output_dir=out_dir, eval_loss=eval_loss, train_loss=train_loss, steps=step, metrics=metrics)

@@ -1,0 +1,186 @@
+"""``PPOConfig``: every option of the PPO stage, documented once, validated once.
+
+Defaults follow the N+ reference (Huang et al. 2024) except where a small model on a CPU argues otherwise; each
+such departure says why in its docstring.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from tether.config.base import Section
+
+Estimator = Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
+GROUP = {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"}
+
+
+class RewardSpec(Section):
+    """One reward source: a reward-model directory or a Python function, with a weight."""
+
+    kind: Literal["model", "python", "judge"] = "model"
+    """`model`: a 1-label sequence-classification directory; `python`: a function `module:name` taking
+    (prompts, completions) and returning one float per completion; `judge`: a named judge such as `vader`."""
+    path: str
+    """Directory of the reward model, `module:function` for Python rewards, or the judge's name."""
+    name: Optional[str] = None
+    """Name used in the logs (`objective/score/<name>`); defaults to the directory or function name."""
+    weight: float = 1.0
+    """Weight of this source in the combined score."""
+    normalize: Literal["none", "batch"] = "none"
+    """`batch` standardises this source's scores over each rollout batch before weighting."""
+
+
+class PPOConfig(Section):
+    """PPO (and the critic-free estimators) for a causal LM against one or more rewards."""
+
+    # --- models and data -------------------------------------------------------------------------
+    policy: Optional[str] = None
+    """Directory of the policy (a `save_pretrained` causal LM with its tokenizer). Required on the command line."""
+    reference: Optional[str] = None
+    """Directory of the frozen reference policy; default: a frozen copy of the initial policy."""
+    critic: Optional[str] = None
+    """Directory to initialise the critic from; default: the reward model when it shares the policy's tokenizer,
+    else the policy (a fresh value head either way)."""
+    rewards: list[RewardSpec] = Field(default_factory=list)
+    """Reward sources, combined as a weighted sum of their (optionally normalised) scores."""
+    prompts: Optional[str] = None
+    """Prompt file: JSONL/CSV/parquet or a `datasets` directory with a `prompt` or chat `messages` column."""
+    output_dir: str = "runs/ppo"
+    """Where metrics.jsonl, samples and the final model (`final/`) are written."""
+    trust_remote_code: bool = False
+    """Allow model code shipped with a checkpoint to run. Off unless you trust the checkpoint."""
+    pad_policy: Literal["add", "refuse"] = "add"
+    """When the tokenizer has no pad token or pads with EOS: `add` a distinct `<|pad|>` token, or `refuse`."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights dtype of the frozen reference and reward models. The policy and critic train in float32."""
+
+    # --- run length and batch sizes ---------------------------------------------------------------
+    num_updates: int = Field(20, ge=1)
+    """Number of PPO updates (each: one rollout, then `num_ppo_epochs` passes over it)."""
+    rollout_batch_size: int = Field(16, ge=1)
+    """Prompts per update."""
+    samples_per_prompt: int = Field(1, ge=1)
+    """Completions sampled per prompt; group estimators (grpo, dr_grpo, rloo, reinforce_pp_baseline) need ≥ 2."""
+    num_minibatches: int = Field(1, ge=1)
+    """Minibatches per epoch (one optimizer step each). Must divide rollout_batch_size × samples_per_prompt."""
+    micro_batch_size: int = Field(8, ge=1)
+    """Sequences per forward/backward; gradients accumulate over a minibatch. Must divide the minibatch size."""
+    num_ppo_epochs: int = Field(4, ge=1)
+    """Passes over each rollout (N+: 4)."""
+    seed: int = 0
+    """Seed for sampling, minibatch order and initialisation. Same seed, machine and threads ⇒ same result."""
+
+    # --- sampling ----------------------------------------------------------------------------------
+    response_length: int = Field(32, ge=1)
+    """Maximum new tokens per completion."""
+    max_prompt_length: int = Field(128, ge=1)
+    """Prompts longer than this (in tokens) are handled as `prompt_truncation` says."""
+    prompt_truncation: Literal["left", "error"] = "left"
+    """`left` keeps the last max_prompt_length tokens; `error` refuses the prompt file."""
+    temperature: float = Field(0.7, gt=0)
+    """Sampling temperature; training and reference log-probs use the same one (N+: 0.7)."""
+    stop_at_eos: bool = True
+    """Stop a completion at its first EOS. Off: always sample response_length tokens, then truncate at EOS
+    (N+ style); the masks are the same either way."""
+
+    # --- optimisation ------------------------------------------------------------------------------
+    lr: float = Field(1e-5, gt=0)
+    """Policy learning rate. N+ uses 3e-6 for 1B+ models; small models take 1e-5 (Ziegler et al., GPT-2 124M)."""
+    critic_lr: float = Field(1e-5, gt=0)
+    """Critic learning rate."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    """Schedule over updates; `linear` anneals to 0 at the last update (N+)."""
+    warmup_updates: int = Field(0, ge=0)
+    """Updates of linear learning-rate warm-up."""
+    adam_eps: float = Field(1e-5, gt=0)
+    """AdamW epsilon (N+: 1e-5)."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    max_grad_norm: Optional[float] = Field(1.0, gt=0)
+    """Clip the global gradient norm of each model to this; null disables (N+ configures none)."""
+    critic_warmup_updates: int = Field(0, ge=0)
+    """Updates at the start in which only the critic is trained."""
+    target_kl: Optional[float] = Field(None, gt=0)
+    """Stop an update's remaining epochs when the policy's approx-KL to the rollout policy exceeds this."""
+
+    # --- PPO objective -----------------------------------------------------------------------------
+    advantage: Estimator = "gae"
+    """Advantage estimator: `gae` (PPO with a critic) or a critic-free one."""
+    clip_eps: float = Field(0.2, gt=0)
+    """PPO ratio clip ε (lower side, and upper side unless clip_eps_high is set)."""
+    clip_eps_high: Optional[float] = Field(None, gt=0)
+    """Upper clip ε for an asymmetric clip (DAPO's clip-higher); default = clip_eps."""
+    dual_clip: Optional[float] = Field(None, gt=1)
+    """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens; null disables."""
+    value_clip: Optional[float] = Field(0.2, gt=0)
+    """Value clip ε_v in reward units (N+: 0.2); null trains the critic unclipped."""
+    vf_coef: float = Field(0.1, ge=0)
+    """Weight of the value loss (N+: 0.1)."""
+    entropy_coef: float = Field(0.0, ge=0)
+    """Weight of the entropy bonus (0 in the LLM references)."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    """Discount γ (1 for LLMs)."""
+    lam: float = Field(0.95, ge=0, le=1)
+    """GAE λ (0.95)."""
+    whiten_advantages: bool = True
+    """Whiten GAE advantages over the valid tokens of each rollout batch (critic-free estimators do their own)."""
+    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"] = (
+        "token_mean"
+    )
+    """How per-token losses become a scalar; normalised by minibatch-wide counts so micro-batching does not matter."""
+
+    # --- KL and reward shaping ---------------------------------------------------------------------
+    kl_coef: float = Field(0.05, ge=0)
+    """Initial KL coefficient β (N+: 0.05)."""
+    kl_controller: Literal["fixed", "adaptive"] = "fixed"
+    """`adaptive` moves β towards kl_target (Ziegler et al.)."""
+    kl_target: float = Field(6.0, gt=0)
+    """Target per-sequence KL (nats) of the adaptive controller."""
+    kl_horizon: float = Field(10000.0, gt=0)
+    """Horizon (episodes) of the adaptive controller."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    """Per-token KL estimator (k1 in every PPO reference)."""
+    kl_in: Literal["reward", "loss"] = "reward"
+    """Put −β·KL into the per-token reward (PPO) or add β·KL to the loss (GRPO style)."""
+    kl_log_ratio_clamp: Optional[float] = Field(None, gt=0)
+    """Clamp the per-token log-ratio to ±this before the estimator (guards k3's exp); null: no clamp."""
+    score_placement: Literal["eos", "eos+1"] = "eos"
+    """Token that receives the sequence score: the EOS, or the slot after it (N+/TRL compatibility)."""
+    missing_eos_penalty: Optional[float] = None
+    """Penalty for completions without EOS; null disables."""
+    missing_eos_mode: Literal["subtract", "replace"] = "subtract"
+    """`subtract` the penalty from the score (TRL) or `replace` the score by −penalty (N+)."""
+    score_clip: Optional[float] = Field(None, gt=0)
+    """Clip combined scores to ±this; null disables."""
+    whiten_rewards: bool = False
+    """Scale per-token rewards to unit variance (keeping their mean) before GAE (lm-human-preferences)."""
+
+    # --- logging -----------------------------------------------------------------------------------
+    sample_every: int = Field(5, ge=0)
+    """Write a table of sample completions every this many updates (0: never)."""
+    num_samples_logged: int = Field(4, ge=0)
+    """Completions per sample table."""
+    progress: bool = True
+    """Show a progress bar when stderr is a terminal."""
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "PPOConfig":
+        batch = self.rollout_batch_size * self.samples_per_prompt
+        if batch % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches={self.num_minibatches} must divide rollout_batch_size × samples_per_prompt = {batch}"
+            )
+        mini = batch // self.num_minibatches
+        if mini % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size={self.micro_batch_size} must divide the minibatch size {mini}")
+        if self.advantage in GROUP and self.samples_per_prompt < 2:
+            raise ValueError(f"advantage={self.advantage} needs samples_per_prompt >= 2 (a group baseline of one is 0)")
+        if self.warmup_updates >= self.num_updates and self.warmup_updates:
+            raise ValueError(f"warmup_updates={self.warmup_updates} must be < num_updates={self.num_updates}")
+        return self
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.advantage == "gae"

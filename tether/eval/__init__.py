@@ -1,0 +1,1 @@
+"""Evaluation: independent sentiment judges (``judges``) and bootstrap confidence intervals (``stats``)."""

@@ -1,0 +1,1 @@
+"""Everything that touches transformers: loading, forwards with correct positions, scalar heads."""

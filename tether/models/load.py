@@ -1,0 +1,125 @@
+"""Load tokenizers and models from local directories safely (safetensors, no remote code unless asked)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tether.errors import ModelError
+
+PAD_TOKEN = "<|pad|>"
+
+
+def _check_dir(path: str | Path, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"{p}: {what} directory not found")
+    if not (p / "config.json").is_file() and what != "tokenizer":
+        raise ModelError(f"{p}: not a save_pretrained {what} directory (no config.json)")
+    return p
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    """``AutoTokenizer`` from a local directory; one-line ``ModelError`` if it cannot be read."""
+    from transformers import AutoTokenizer
+
+    p = _check_dir(path, "tokenizer")
+    try:
+        return AutoTokenizer.from_pretrained(str(p), trust_remote_code=trust_remote_code)
+    except Exception as err:  # transformers raises many types; the user needs one line
+        raise ModelError(f"{p}: cannot load tokenizer ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+
+
+def ensure_pad_token(tokenizer, pad_policy: str = "add") -> bool:
+    """Make sure the tokenizer has a pad token different from EOS.
+
+    ``pad_policy="add"`` adds ``<|pad|>`` when the pad token is missing or equals EOS (then the model's embeddings
+    must be resized with ``resize_for_tokenizer``); ``"refuse"`` raises instead. Returns True if a token was added.
+    Reference: ppo_details.md A1 (pad == EOS masks every real EOS).
+    """
+    if tokenizer.eos_token_id is None:
+        raise ModelError("tokenizer has no EOS token: set one (tokenizer.eos_token) before training")
+    ok = tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
+    if ok:
+        return False
+    if pad_policy == "refuse":
+        why = "has no pad token" if tokenizer.pad_token_id is None else "uses EOS as its pad token"
+        raise ModelError(f"tokenizer {why}; add a distinct pad token or set pad_policy=add")
+    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    return True
+
+
+def resize_for_tokenizer(model: nn.Module, tokenizer) -> None:
+    """Grow the input (and tied output) embeddings so every token id of ``tokenizer`` has a row."""
+    emb = model.get_input_embeddings()
+    if emb.num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Set every dropout probability to 0, modules and config fields alike (ppo_details.md E4)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for attr in ("attention_dropout", "dropout", "dropout_p", "attn_dropout"):
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, 0.0)
+    cfg = getattr(model, "config", None)
+    if cfg is not None:
+        for key, value in list(vars(cfg).items()):
+            if ("dropout" in key or key.endswith("_pdrop")) and isinstance(value, float):
+                setattr(cfg, key, 0.0)
+    return model
+
+
+def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+    """A causal LM from a local ``save_pretrained`` directory (safetensors only), dropout off, eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    p = _check_dir(path, "model")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(p), dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+    except Exception as err:
+        raise ModelError(f"{p}: cannot load causal LM ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    return disable_dropout(model).eval()
+
+
+def load_sequence_classifier(path: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+    """A 1-label sequence classifier (reward model) from a local directory, dropout off, eval mode.
+
+    A backbone saved without a head (e.g. an encoder) gets a fresh head initialised as in ppo_details.md C1.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    p = _check_dir(path, "reward model")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(p), num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+    except Exception as err:
+        raise ModelError(f"{p}: cannot load reward model ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    if model.config.num_labels != 1:
+        raise ModelError(f"{p}: a reward model needs exactly 1 output label, found {model.config.num_labels}")
+    return disable_dropout(model).eval()
+
+
+def init_score_head(linear: nn.Linear) -> None:
+    """Reward/value head init: weight ~ N(0, 1/sqrt(d+1)), bias 0 (ppo_details.md C1)."""
+    nn.init.normal_(linear.weight, std=1.0 / math.sqrt(linear.in_features + 1))
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
+
+def vocab_check(model: nn.Module, tokenizer, what: str = "model") -> None:
+    """Refuse a tokenizer whose ids do not fit the model's embedding matrix."""
+    n = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > n:
+        raise ModelError(
+            f"{what}: tokenizer has {len(tokenizer)} tokens but the model embeds only {n}; "
+            "they do not belong together"
+        )

@@ -1,0 +1,55 @@
+"""Critic: a transformer trunk with a scalar head read at every position."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from tether.models.forward import position_ids_from_mask
+from tether.models.load import disable_dropout, init_score_head
+
+
+class ValueModel(nn.Module):
+    """``values[b, t] = head(trunk(x)[b, t])``. Shapes: input_ids (B, L) → (B, L) float32."""
+
+    def __init__(self, trunk: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        hidden = self.trunk(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        ).last_hidden_state
+        out = self.head(hidden).squeeze(-1)
+        return out if out.dtype == torch.float64 else out.float()
+
+    @classmethod
+    def from_pretrained_model(cls, model: nn.Module) -> "ValueModel":
+        """A critic from a causal LM or a decoder sequence classifier: its trunk, plus its 1-output score head when
+        it has one (a reward model: V then starts at the RM's score), else a fresh head (ppo_details.md G1, C1)."""
+        trunk = model.base_model
+        hidden = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
+        score = getattr(model, "score", None)
+        if isinstance(score, nn.Linear) and score.out_features == 1:
+            head = nn.Linear(hidden, 1, bias=score.bias is not None)
+            head.load_state_dict(score.state_dict())
+            head = head.to(next(trunk.parameters()).dtype)
+        else:
+            head = nn.Linear(hidden, 1, bias=True).to(next(trunk.parameters()).dtype)
+            init_score_head(head)
+        return disable_dropout(cls(trunk, head))
+
+    def save(self, out_dir: str | Path) -> None:
+        """Trunk in ``save_pretrained`` format plus ``value_head.safetensors``."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.trunk.save_pretrained(str(out))
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(out / "value_head.safetensors"))

@@ -1,0 +1,134 @@
+"""Reward sources and their weighted combination.
+
+A source is any callable ``(prompts: list[str], completions: list[str]) -> sequence of B floats``. A reward
+model may also score token ids directly (``score_rollout``) when it shares the policy's tokenizer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from tether.errors import ConfigError, RewardError
+
+RewardFn = Callable[[list[str], list[str]], Any]
+
+
+@dataclass
+class RewardSource:
+    """One named, weighted reward; ``normalize="batch"`` standardises its scores over each batch."""
+
+    name: str
+    fn: RewardFn
+    weight: float = 1.0
+    normalize: str = "none"
+
+
+def _as_scores(name: str, raw: Any, n: int) -> Tensor:
+    try:
+        scores = torch.as_tensor(raw if isinstance(raw, Tensor) else list(raw), dtype=torch.float32).detach().cpu()
+    except (TypeError, ValueError) as err:
+        raise RewardError(f"reward {name!r}: returned {type(raw).__name__}, not a list of numbers ({err})") from None
+    scores = scores.reshape(-1) if scores.dim() > 1 and scores.numel() == n else scores
+    if scores.dim() != 1 or scores.shape[0] != n:
+        raise RewardError(f"reward {name!r}: returned {tuple(scores.shape)} values for {n} completions")
+    bad = ~torch.isfinite(scores)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise RewardError(f"reward {name!r}: non-finite value {float(scores[i])} for completion {i}")
+    return scores
+
+
+def combine_scores(
+    sources: list[RewardSource], prompts: list[str], completions: list[str], rollout=None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Call every source, check its output (B finite floats), normalise if asked and sum with weights.
+
+    Returns ``(combined (B,), {name: raw scores (B,)})``; raw per-source scores are what the logs show.
+    """
+    n = len(completions)
+    total = torch.zeros(n)
+    parts: dict[str, Tensor] = {}
+    for src in sources:
+        if rollout is not None and hasattr(src.fn, "score_rollout"):
+            raw = src.fn.score_rollout(rollout)
+        else:
+            raw = src.fn(prompts, completions)
+        scores = _as_scores(src.name, raw, n)
+        parts[src.name] = scores
+        if src.normalize == "batch" and n > 1:
+            scores = (scores - scores.mean()) / (scores.std(unbiased=False) + 1e-8)
+        total = total + src.weight * scores
+    return total, parts
+
+
+def import_callable(spec: str) -> RewardFn:
+    """``package.module:function`` → the function; one-line ``ConfigError`` when it cannot be found."""
+    if ":" not in spec:
+        raise ConfigError(f"python reward {spec!r}: expected 'module:function'")
+    module_name, attr = spec.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"python reward {spec!r}: cannot import {module_name} ({err})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"python reward {spec!r}: {module_name} has no function {attr}")
+    return fn
+
+
+def resolve_reward_sources(reward: Any, specs: list, policy_tokenizer=None, dtype=torch.float32,
+                           trust_remote_code: bool = False) -> list[RewardSource]:
+    """Turn what the user gave into ``RewardSource``s.
+
+    ``reward`` (Python API) may be a reward-model directory, a callable, a ``RewardSource``, or a list of those or
+    of ``(source, weight)`` pairs; when it is None the config's ``rewards`` specs are used.
+    """
+    from tether.rewards.reward_model import RewardModelScorer
+
+    def one(item: Any, weight: float = 1.0, name: Optional[str] = None, normalize: str = "none") -> RewardSource:
+        if isinstance(item, RewardSource):
+            return item
+        if isinstance(item, (str, Path)):
+            scorer = RewardModelScorer.from_path(item, policy_tokenizer, dtype=dtype,
+                                                 trust_remote_code=trust_remote_code)
+            return RewardSource(name or Path(item).name, scorer, weight, normalize)
+        if callable(item):
+            return RewardSource(name or getattr(item, "__name__", type(item).__name__), item, weight, normalize)
+        raise ConfigError(f"reward: cannot use {type(item).__name__} as a reward source")
+
+    sources: list[RewardSource] = []
+    if reward is not None:
+        items = reward if isinstance(reward, (list, tuple)) and not isinstance(reward, str) else [reward]
+        for item in items:
+            if isinstance(item, tuple):
+                sources.append(one(item[0], float(item[1])))
+            else:
+                sources.append(one(item))
+    else:
+        for spec in specs:
+            if spec.kind == "model":
+                src = one(spec.path, spec.weight, spec.name, spec.normalize)
+            elif spec.kind == "python":
+                src = one(import_callable(spec.path), spec.weight, spec.name or spec.path.split(":")[-1], spec.normalize)
+            else:
+                from tether.eval.judges import get_judge
+
+                judge = get_judge(spec.path)
+                src = RewardSource(spec.name or spec.path, lambda p, c, j=judge: j(c), spec.weight, spec.normalize)
+            sources.append(src)
+    if not sources:
+        raise ConfigError("rewards: no reward source given (a reward-model directory, a Python function, or a list)")
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"rewards: names must be unique, got {names}")
+    for s in sources:
+        if not math.isfinite(s.weight):
+            raise ConfigError(f"reward {s.name!r}: weight must be finite")
+    return sources

@@ -1,0 +1,1 @@
+"""Prompts → sampled completions (generate.py) → no-grad scoring passes (score.py)."""
