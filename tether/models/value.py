@@ -36,12 +36,15 @@ class ValueModel(nn.Module):
         trunk = model.base_model
         hidden = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
         score = getattr(model, "score", None)
+        dtype = next(trunk.parameters()).dtype
+        head = nn.Linear(hidden, 1, bias=True).to(dtype)
         if isinstance(score, nn.Linear) and score.out_features == 1:
-            head = nn.Linear(hidden, 1, bias=score.bias is not None)
-            head.load_state_dict(score.state_dict())
-            head = head.to(next(trunk.parameters()).dtype)
+            # start from the reward model's head, including a score offset stored in its config (bias-free heads)
+            offset = float(getattr(model.config, "tether_score_offset", 0.0) or 0.0)
+            with torch.no_grad():
+                head.weight.copy_(score.weight)
+                head.bias.fill_(offset + (float(score.bias) if score.bias is not None else 0.0))
         else:
-            head = nn.Linear(hidden, 1, bias=True).to(next(trunk.parameters()).dtype)
             init_score_head(head)
         return disable_dropout(cls(trunk, head))
 
