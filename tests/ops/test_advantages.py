@@ -93,7 +93,9 @@ def test_gae_lambda_gamma_one_is_reward_to_go_minus_value(inputs):
     """G3(a): λ = γ = 1 ⇒ A_t = Σ_{k≥t} r_k − V_t."""
     rewards, values, lengths = inputs
     mask = prefix_mask(lengths, len(rewards[0]))
-    adv, _ = ops.gae(torch.tensor(rewards, dtype=torch.float64), torch.tensor(values, dtype=torch.float64), mask, 1.0, 1.0)
+    adv, _ = ops.gae(
+        torch.tensor(rewards, dtype=torch.float64), torch.tensor(values, dtype=torch.float64), mask, 1.0, 1.0
+    )
     for b, n in enumerate(lengths):
         for t in range(n):
             expected = math.fsum(rewards[b][t:n]) - values[b][t]
@@ -106,7 +108,9 @@ def test_gae_lambda_zero_is_one_step_td(inputs, gamma):
     """G3(b): λ = 0 ⇒ A_t = r_t + γ·V_{t+1} − V_t, with V = 0 after the last valid token."""
     rewards, values, lengths = inputs
     mask = prefix_mask(lengths, len(rewards[0]))
-    adv, _ = ops.gae(torch.tensor(rewards, dtype=torch.float64), torch.tensor(values, dtype=torch.float64), mask, gamma, 0.0)
+    adv, _ = ops.gae(
+        torch.tensor(rewards, dtype=torch.float64), torch.tensor(values, dtype=torch.float64), mask, gamma, 0.0
+    )
     for b, n in enumerate(lengths):
         for t in range(n):
             v_next = values[b][t + 1] if t + 1 < n else 0.0
@@ -210,9 +214,7 @@ def test_rloo_baseline_identity(data):
     loo = [r_i - math.fsum(g[:i] + g[i + 1 :]) / (k - 1) for g in groups for i, r_i in enumerate(g)]
     torch.testing.assert_close(adv, torch.tensor(loo, dtype=torch.float64), rtol=0, atol=1e-12)
     g = returns.view(-1, k)
-    torch.testing.assert_close(
-        adv, (k / (k - 1) * (g - g.mean(1, keepdim=True))).reshape(-1), rtol=0, atol=1e-12
-    )
+    torch.testing.assert_close(adv, (k / (k - 1) * (g - g.mean(1, keepdim=True))).reshape(-1), rtol=0, atol=1e-12)
     torch.testing.assert_close(adv.view(-1, k).sum(1), torch.zeros(g.shape[0], dtype=torch.float64), rtol=0, atol=1e-12)
 
 
@@ -227,7 +229,9 @@ def test_grpo_matches_formula():
         expected += [(x - mean) / (std + 1e-6) for x in g]
     torch.testing.assert_close(adv, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-12)
     dr = ops.grpo_advantages(returns, 3, scale=False)
-    torch.testing.assert_close(dr, torch.tensor([-4 / 3, -1 / 3, 5 / 3, -2 / 3, -5 / 3, 7 / 3], dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        dr, torch.tensor([-4 / 3, -1 / 3, 5 / 3, -2 / 3, -5 / 3, 7 / 3], dtype=torch.float64), rtol=0, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -328,7 +332,9 @@ def test_reinforce_pp_single_token_equals_whitened_scores():
     mask = prefix_mask([1] * 5, 4)
     rewards = ops.shape_rewards(scores, torch.randn(5, 4, dtype=torch.float64), mask, kl_coef=0.0)
     adv, _ = _call("reinforce_pp", rewards, mask, scores)
-    torch.testing.assert_close(adv[:, 0], torch.tensor(_whiten_list(scores.tolist()), dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        adv[:, 0], torch.tensor(_whiten_list(scores.tolist()), dtype=torch.float64), rtol=0, atol=1e-12
+    )
     assert bool((adv[:, 1:] == 0).all())
 
 

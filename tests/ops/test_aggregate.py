@@ -130,7 +130,11 @@ def test_aggregation_weight_table():
         "seq_mean_token_sum": (1 / 2, 1 / 2),
         "seq_mean_token_sum_norm": (1 / 18, 1 / 18),
     }
-    printed = {"token_mean": (0.1, 0.1), "seq_mean_token_mean": (0.5, 0.0556), "seq_mean_token_sum_norm": (0.0556, 0.0556)}
+    printed = {
+        "token_mean": (0.1, 0.1),
+        "seq_mean_token_mean": (0.5, 0.0556),
+        "seq_mean_token_sum_norm": (0.0556, 0.0556),
+    }
     for mode, (w_short, w_long) in table.items():
         grad = _weights(mode, max_len=9)
         assert grad[0, 0].item() == pytest.approx(w_short, abs=1e-15), mode

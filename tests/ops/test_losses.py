@@ -77,8 +77,11 @@ def test_first_minibatch_whitened_advantages_give_zero_loss():
 def _single_token_grad(advantage, ratio, **kw):
     x = torch.tensor([[math.log(ratio)]], dtype=torch.float64, requires_grad=True)
     loss, stats = ops.clipped_policy_loss(
-        x, torch.zeros(1, 1, dtype=torch.float64), torch.tensor([[advantage]], dtype=torch.float64),
-        torch.ones(1, 1, dtype=torch.bool), **kw,
+        x,
+        torch.zeros(1, 1, dtype=torch.float64),
+        torch.tensor([[advantage]], dtype=torch.float64),
+        torch.ones(1, 1, dtype=torch.bool),
+        **kw,
     )
     loss.backward()
     return loss.item(), x.grad.item(), stats["clipfrac"].item()
@@ -165,7 +168,13 @@ def test_clipped_policy_loss_pad_invariance():
     loss1, stats1 = ops.clipped_policy_loss(x1, old, advantages, mask)
     loss1.backward()
     b = mask.shape[0]
-    pad = lambda t, val: torch.cat([torch.where(mask, t, torch.tensor(val, dtype=t.dtype)), torch.full((b, 3), val, dtype=t.dtype)], 1)  # noqa: E731
+
+    def pad(t, val):
+        """Overwrite the existing pads with ``val`` and append three more columns of it."""
+        return torch.cat(
+            [torch.where(mask, t, torch.tensor(val, dtype=t.dtype)), torch.full((b, 3), val, dtype=t.dtype)], 1
+        )
+
     x2 = pad(new_base, 50.0).requires_grad_(True)
     mask2 = torch.cat([mask, torch.zeros(b, 3, dtype=torch.bool)], 1)
     loss2, stats2 = ops.clipped_policy_loss(x2, pad(old, -50.0), pad(advantages, float("nan")), mask2)
@@ -283,8 +292,11 @@ def test_bradley_terry_gradients():
 @given(st.floats(-30, 30), st.floats(-30, 30))
 def test_bradley_terry_antisymmetry_and_shift(delta, shift):
     """O18/C3: L(Δ) − L(−Δ) = −Δ for a single pair; adding a constant to both rewards changes nothing."""
+
     def bt(c, r):
-        return ops.bradley_terry_loss(torch.tensor([c], dtype=torch.float64), torch.tensor([r], dtype=torch.float64))[0].item()
+        return ops.bradley_terry_loss(torch.tensor([c], dtype=torch.float64), torch.tensor([r], dtype=torch.float64))[
+            0
+        ].item()
 
     assert bt(delta, 0.0) - bt(-delta, 0.0) == pytest.approx(-delta, abs=1e-12)
     assert bt(delta + shift, shift) == pytest.approx(bt(delta, 0.0), abs=1e-12)
@@ -342,7 +354,10 @@ def test_ipo_formula():
     pc, pr, rc, rr = _pref_batch(seed=7)
     beta = 0.1
     loss, _ = ops.dpo_loss(pc, pr, rc, rr, beta=beta, kind="ipo")
-    terms = [((a - c) - (b - d) - 1 / (2 * beta)) ** 2 for a, b, c, d in zip(pc.tolist(), pr.tolist(), rc.tolist(), rr.tolist())]
+    terms = [
+        ((a - c) - (b - d) - 1 / (2 * beta)) ** 2
+        for a, b, c, d in zip(pc.tolist(), pr.tolist(), rc.tolist(), rr.tolist())
+    ]
     assert loss.item() == pytest.approx(math.fsum(terms) / len(terms), abs=1e-10)
     assert ops.ipo_loss(pc, pr, rc, rr, beta=beta)[0].item() == loss.item()
 
@@ -368,7 +383,7 @@ def test_kl_loss_k3_value_and_gradient():
     new = (ref + torch.randn(3, 4, generator=g, dtype=torch.float64) * 0.5).requires_grad_(True)
     loss = ops.kl_loss(new, ref, mask)
     loss.backward()
-    log_r = (ref - new.detach())
+    log_r = ref - new.detach()
     assert loss.item() == pytest.approx(((log_r.exp() - 1 - log_r) * mask).sum().item() / 9, abs=1e-14)
     expected = torch.where(mask, (1 - log_r.exp()) / 9, torch.zeros((), dtype=torch.float64))
     torch.testing.assert_close(new.grad, expected, rtol=0, atol=1e-14)

@@ -36,7 +36,7 @@ def values_and_mask(draw, max_b: int = 5, max_r: int = 9, min_valid: int = 1):
     vals = draw(st.lists(st.floats(-100, 100, allow_nan=False, width=64), min_size=n, max_size=n))
     bits = draw(st.lists(st.booleans(), min_size=n, max_size=n))
     if sum(bits) < min_valid:
-        bits[: min_valid] = [True] * min_valid
+        bits[:min_valid] = [True] * min_valid
     x = torch.tensor(vals, dtype=torch.float64).view(b, r)
     m = torch.tensor(bits).view(b, r)
     return x, m

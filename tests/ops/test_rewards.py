@@ -75,9 +75,7 @@ def test_sum_identity_random_floats():
     mask = prefix_mask([1, 8, 3, 5, 7], 8)
     for placement in ("eos", "eos+1"):
         rewards = ops.shape_rewards(scores, kl, mask, 0.05, placement)
-        torch.testing.assert_close(
-            rewards.sum(1), scores - 0.05 * (kl * mask).sum(1), rtol=0, atol=1e-14
-        )
+        torch.testing.assert_close(rewards.sum(1), scores - 0.05 * (kl * mask).sum(1), rtol=0, atol=1e-14)
 
 
 def test_score_at_eos_hand_example():

@@ -6,12 +6,9 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import os
 from pathlib import Path
 
 import torch
-
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @functools.lru_cache(maxsize=1)
@@ -97,13 +94,13 @@ def llama_rm(vocab: int, seed: int = 0, hidden: int = 32, layers: int = 2, pad_t
     return LlamaForSequenceClassification(cfg)
 
 
-def bert_rm(vocab: int = 30522, seed: int = 0, hidden: int = 32, layers: int = 2):
+def bert_rm(vocab: int = 30522, seed: int = 0, hidden: int = 32, layers: int = 2, init_range: float = 0.02):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
                      intermediate_size=2 * hidden, max_position_embeddings=128, num_labels=1,
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=init_range)
     return BertForSequenceClassification(cfg)
 
 

@@ -1,4 +1,4 @@
-"""Small pieces every training loop shares: optimizer, LR schedule, seeding, metrics log, atomic model save, progress."""
+"""Pieces every training loop shares: optimizer, LR schedule, seeding, metrics log, atomic model save, progress."""
 
 from __future__ import annotations
 

@@ -119,7 +119,10 @@ def prepare_reward_model(cfg: RMConfig, model: nn.Module | None, tokenizer: Any)
     head_is_new = False
     if model is None:
         model, head_is_new = load_reward_backbone(cfg.model, torch_dtype(cfg.dtype), cfg.trust_remote_code)
-    head = score_head(model)
+    try:
+        head = score_head(model)
+    except ValueError as err:
+        raise ModelError(f"{cfg.model or type(model).__name__}: {err}") from None
     if cfg.init_head == "always" or (cfg.init_head == "auto" and head_is_new):
         init_score_head(head)
     if is_decoder_scorer(model):

@@ -72,11 +72,12 @@ def sft_loss(logits: Tensor, labels: Tensor, loss_mask: Tensor, num_tokens: floa
     Logits at column ``t`` score the token at ``t + 1``; label values where ``loss_mask`` is False are never read.
     ``num_tokens`` defaults to this batch's target count; pass the count of the whole accumulation group so that the
     micro-batch losses add up to the group's token mean (ppo_details.md B1, I4).
-    Shapes: logits (B, L, V), labels (B, L) long, loss_mask (B, L) bool → scalar float32.
+    Shapes: logits (B, L, V), labels (B, L) long, loss_mask (B, L) bool → scalar float32 (float64 in, float64 out).
     """
     mask = loss_mask[:, 1:].bool()
     target = torch.where(mask, labels[:, 1:], torch.zeros_like(labels[:, 1:]))
-    lg = logits[:, :-1].float()
+    lg = logits[:, :-1]
+    lg = lg if lg.dtype == torch.float64 else lg.float()
     nll = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), target.reshape(-1), reduction="none").view_as(target)
     total = torch.where(mask, nll, torch.zeros_like(nll)).sum()
     n = mask.sum() if num_tokens is None else num_tokens

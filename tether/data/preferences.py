@@ -96,7 +96,9 @@ def tokenize_pairs(
         group = rec.get(group_column) if group_column else None
         out.append(
             {
-                "chosen_ids": encode_for_reward(tokenizer, rec["prompt"], rec["chosen"], style=style, max_length=max_length),
+                "chosen_ids": encode_for_reward(
+                    tokenizer, rec["prompt"], rec["chosen"], style=style, max_length=max_length
+                ),
                 "rejected_ids": encode_for_reward(
                     tokenizer, rec["prompt"], rec["rejected"], style=style, max_length=max_length
                 ),
@@ -107,7 +109,9 @@ def tokenize_pairs(
     return out
 
 
-def pad_right(sequences: Sequence[Sequence[int]], pad_token_id: int, pad_to: int | None = None) -> tuple[Tensor, Tensor]:
+def pad_right(
+    sequences: Sequence[Sequence[int]], pad_token_id: int, pad_to: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Right-pad token lists → ``input_ids`` (N, L) long, ``attention_mask`` (N, L) long."""
     if not sequences:
         raise ValueError("nothing to pad")
@@ -166,5 +170,6 @@ def encode_for_reward_model(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise DataError("the reward tokenizer has neither a pad nor an EOS token")
-    seqs = [encode_for_reward(tokenizer, p, c, style=style, max_length=max_length) for p, c in zip(prompts, completions)]
+    seqs = [encode_for_reward(tokenizer, p, c, style=style, max_length=max_length)
+            for p, c in zip(prompts, completions)]
     return pad_right(seqs, pad)

@@ -419,4 +419,5 @@ def load_prompts(source: Any, tokenizer: Any = None) -> list[str]:
     already contain the template's special tokens (tokenise them with ``add_special_tokens=False`` when the tokenizer
     would add a BOS of its own). Plain string prompts are returned unchanged.
     """
-    return [p if isinstance(p, str) else render_chat(p, tokenizer, add_generation_prompt=True) for p in read_prompts(source)]
+    return [p if isinstance(p, str) else render_chat(p, tokenizer, add_generation_prompt=True)
+            for p in read_prompts(source)]

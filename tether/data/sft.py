@@ -120,8 +120,8 @@ def tokenize_sft_records(
     for rec in records:
         ex = tokenize_sft(rec, tokenizer, max_length=max_length)
         truncated += ex["truncated"]
-        targets = ex["completion_mask"][1:] if completion_only else ex["input_ids"][1:]
-        if not any(targets):
+        has_target = any(ex["completion_mask"][1:]) if completion_only else len(ex["input_ids"]) > 1
+        if not has_target:
             dropped += 1
             continue
         examples.append(ex)

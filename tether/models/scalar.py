@@ -6,7 +6,7 @@ at the **last real token** of each row (the EOS; ppo_details.md C2), found from 
 padding or both give the same score. Hugging Face's own pooling searches for the pad id and is not used.
 
 Encoder reward models (BERT-like, pooled ``[CLS]``) use the model's own pooled output; rows are first moved to right
-padding so that ``[CLS]`` sits at column 0 and positions start at 0 whatever the padding.
+padding, so ``[CLS]`` sits at column 0 and the model's default positions are right whatever the padding.
 
 :func:`fold_score_affine` rewrites a model so that it outputs ``scale · score + shift`` (reward normalisation,
 ppo_details.md C5) with no loading code needed afterwards.
@@ -74,8 +74,9 @@ def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor)
 
     Decoders: backbone forward with ``position_ids = exclusive cumsum(mask)``, the head applied to the hidden state at
     the last position where ``attention_mask == 1`` (plus the model's stored offset, see :data:`OFFSET_ATTR`).
-    Encoders: the model's own logits after moving pads to the right. Either way the score does not depend on how many
-    pads surround the row, nor on which side. Pure: no ``no_grad``, no mode change (that is the caller's job).
+    Encoders: the model's own logits after moving pads to the right (no position ids passed, so RoBERTa-style
+    pad-aware positions and models without a ``position_ids`` argument work). Either way the score does not depend
+    on how many pads surround the row, nor on which side. Pure: no ``no_grad``, no mode change (the caller's job).
     """
     if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
         raise ValueError(f"input_ids and attention_mask must both be (B, L), got {tuple(input_ids.shape)} and "
@@ -94,13 +95,20 @@ def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor)
         idx = last_token_index(attention_mask)
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # (B, d)
         scores = model.score(last).squeeze(-1).float()
-        offset = float(getattr(model.config, OFFSET_ATTR, 0.0) or 0.0)
+        offset = score_offset(model)
         return scores + offset if offset else scores
     ids, mask = _to_right_padding(input_ids, attention_mask)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    # right-padded now, so the model's default positions (0..n−1, or RoBERTa's pad-aware ones) are the right ones
+    logits = model(input_ids=ids, attention_mask=mask).logits
     if logits.shape[-1] != 1:
         raise ValueError(f"a reward model needs 1 output label, this one has {logits.shape[-1]}")
     return logits[:, 0].float()
+
+
+def _probe(model: nn.Module) -> Tensor:
+    vocab = model.get_input_embeddings().num_embeddings
+    device = next(model.parameters()).device
+    return torch.arange(min(5, vocab), device=device).unsqueeze(0)
 
 
 def _final_norm_with_bias(model: nn.Module, head: nn.Linear) -> nn.Module | None:
@@ -114,13 +122,15 @@ def _final_norm_with_bias(model: nn.Module, head: nn.Linear) -> nn.Module | None
     if not candidates:
         return None
     outputs: dict[int, Tensor] = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, i=i: outputs.__setitem__(i, out)) for i, m in enumerate(candidates)]
+    hooks = [m.register_forward_hook(lambda mod, inp, out, i=i: outputs.__setitem__(i, out))
+             for i, m in enumerate(candidates)]
     try:
-        vocab = model.get_input_embeddings().num_embeddings
-        probe = torch.arange(min(5, vocab), device=head.weight.device).unsqueeze(0)
+        probe = _probe(model)
         with torch.no_grad():
             last = backbone(input_ids=probe, attention_mask=torch.ones_like(probe), use_cache=False)
         last = last.last_hidden_state if hasattr(last, "last_hidden_state") else last[0]
+    except Exception:  # an unusual backbone: fall back to the config offset
+        return None
     finally:
         for h in hooks:
             h.remove()
@@ -144,7 +154,7 @@ def fold_score_affine(model: nn.Module, scale: float = 1.0, shift: float = 0.0) 
     if not scale > 0:
         raise ValueError(f"scale must be > 0 (a monotone map keeps pair accuracy), got {scale}")
     head = score_head(model)
-    offset = float(getattr(model.config, OFFSET_ATTR, 0.0) or 0.0)
+    offset = score_offset(model)
     head.weight.mul_(scale)
     if offset:
         setattr(model.config, OFFSET_ATTR, offset * scale)
@@ -155,8 +165,7 @@ def fold_score_affine(model: nn.Module, scale: float = 1.0, shift: float = 0.0) 
         norm = _final_norm_with_bias(model, head)
         w = head.weight[0].float()
         if norm is not None and float(w @ w) > 0:
-            probe = torch.arange(min(5, model.get_input_embeddings().num_embeddings)).unsqueeze(0)
-            probe = probe.to(head.weight.device)
+            probe = _probe(model)
             before = sequence_scores(model, probe, torch.ones_like(probe))
             delta = (shift * w / (w @ w)).to(norm.bias.dtype)
             norm.bias.add_(delta)
@@ -165,7 +174,9 @@ def fold_score_affine(model: nn.Module, scale: float = 1.0, shift: float = 0.0) 
                 name = next(n for n, m in model.named_modules() if m is norm)
                 return f"{name}.bias"
             norm.bias.sub_(delta)
-    setattr(model.config, OFFSET_ATTR, float(getattr(model.config, OFFSET_ATTR, 0.0) or 0.0) + shift)
+    new_offset = score_offset(model) + shift
+    if new_offset or hasattr(model.config, OFFSET_ATTR):
+        setattr(model.config, OFFSET_ATTR, new_offset)
     return "config"
 
 

@@ -1,0 +1,213 @@
+"""The ``tether`` command: parse a YAML config plus ``KEY=VALUE`` overrides into a typed config, call the Python API.
+
+``tether ppo --config ppo.yaml kl_coef=0.1 policy=runs/sft``; nested sections use dots (``ppo.kl_coef=0.1``).
+``tether <command> --help`` lists every option with its type, default and meaning, generated from the config class.
+User errors print one line ``tether: error: <message>`` and exit 2 (130 on Ctrl-C); ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+PROG = "tether"
+
+
+class UsageError(ValueError):
+    """A command-line usage error (unknown flag, missing argument)."""
+
+    exit_code = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print usage + message and exit; we print one line
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def _config_classes() -> dict[str, tuple[type, str]]:
+    from tether.config.pipeline import DemoConfig, PipelineConfig
+    from tether.config.ppo import PPOConfig
+    from tether.config.rm import RMConfig
+    from tether.config.sft import SFTConfig
+    from tether.eval.compare import EvalConfig
+
+    return {
+        "sft": (SFTConfig, "supervised fine-tuning of a causal LM"),
+        "rm": (RMConfig, "train a Bradley–Terry reward model on preference pairs"),
+        "ppo": (PPOConfig, "PPO (or a critic-free estimator) against reward models / Python rewards"),
+        "pipeline": (PipelineConfig, "SFT → reward model → PPO, each stage's output feeding the next"),
+        "eval": (EvalConfig, "compare policies: judges, reward model, KL to the reference, perplexity"),
+        "demo": (DemoConfig, "the offline sentiment demo (SmolLM2 + MiniLM RM + PPO, then evaluation)"),
+    }
+
+
+def _run_sft(cfg) -> int:
+    from tether.pipeline import run_sft
+
+    _require_dir(cfg.model, "model")
+    run_sft(cfg, force=True, progress=sys.stderr.isatty())
+    return 0
+
+
+def _run_rm(cfg) -> int:
+    from tether.pipeline import run_rm
+
+    _require_dir(cfg.model, "model")
+    run_rm(cfg, force=True, progress=sys.stderr.isatty())
+    return 0
+
+
+def _run_ppo(cfg) -> int:
+    from tether.pipeline import run_ppo
+
+    _require_dir(cfg.policy, "policy")
+    if cfg.prompts is None:
+        from tether.errors import ConfigError
+
+        raise ConfigError("prompts: required (a prompt file)")
+    run_ppo(cfg, force=True)
+    return 0
+
+
+def _run_pipeline(cfg) -> int:
+    from tether.pipeline import run_pipeline
+
+    _require_dir(cfg.sft.model, "sft.model")
+    _require_dir(cfg.rm.model, "rm.model")
+    run_pipeline(cfg)
+    return 0
+
+
+def _run_eval(cfg) -> int:
+    from tether.eval.compare import run_eval
+
+    run_eval(cfg)
+    return 0
+
+
+def _run_demo(cfg) -> int:
+    from tether.demo import run_demo
+
+    run_demo(cfg)
+    return 0
+
+
+RUNNERS: dict[str, Callable[[Any], int]] = {
+    "sft": _run_sft, "rm": _run_rm, "ppo": _run_ppo, "pipeline": _run_pipeline, "eval": _run_eval, "demo": _run_demo,
+}
+
+
+def _require_dir(path: Optional[str], what: str) -> None:
+    """Fail early (before any output is written) when a required model directory is missing."""
+    from tether.errors import ConfigError, ModelError
+
+    if path is None:
+        raise ConfigError(f"{what}: required (a save_pretrained model directory)")
+    p = Path(path)
+    if not p.is_dir():
+        raise ModelError(f"{p}: {what} directory not found")
+    if not (p / "config.json").is_file():
+        raise ModelError(f"{p}: not a save_pretrained {what} directory (no config.json)")
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tether.config.base import help_lines
+
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (cls, summary) in _config_classes().items():
+        doc = " ".join((cls.__doc__ or summary).split())
+        options = "\n".join("  " + line for line in help_lines(cls))
+        p = sub.add_parser(
+            name, help=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+            description=f"{doc}\n\nOptions, given in the YAML file or as KEY=VALUE (nested keys with dots):\n{options}",
+            epilog=f"example: {PROG} {name} {_example(name)}",
+        )
+        p.add_argument("--config", metavar="FILE", help="YAML file of options (overrides on the command line win)")
+        p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+        if name == "demo":
+            p.add_argument("--quick", action="store_true", help="smoke-size run of a few minutes (quick=true)")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="option overrides, values parsed as YAML")
+    return parser
+
+
+def _example(name: str) -> str:
+    return {
+        "sft": "--config configs/sft_example.yaml model=DIR max_steps=50",
+        "rm": "--config configs/rm_example.yaml model=DIR num_epochs=2",
+        "ppo": "--config configs/ppo_example.yaml policy=runs/sft kl_coef=0.1",
+        "pipeline": "--config FILE sft.model=DIR rm.model=DIR ppo.kl_coef=0.05",
+        "eval": "policies='{sft: runs/demo/sft, ppo: runs/demo/ppo/final}' reference=runs/demo/sft "
+                "prompts=runs/demo/data/prompts_eval.jsonl reward_model=runs/demo/rm",
+        "demo": "--quick   (or: --config configs/demo.yaml ppo.kl_coef=0.05)",
+    }[name]
+
+
+def parse_config(command: str, config: Optional[str], overrides: list[str]):
+    """The validated config of ``command`` from an optional YAML file and overrides."""
+    from tether.config.base import load
+    from tether.errors import ConfigError
+
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE (e.g. kl_coef=0.1); options start with --")
+    cls = _config_classes()[command][0]
+    return load(cls, config, overrides)
+
+
+def _quiet_libraries() -> None:
+    """transformers' progress bars and info logs only on a terminal: stderr stays one line per error otherwise."""
+    import os
+
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            hf_logging.set_verbosity_error()
+        except ImportError:  # pragma: no cover
+            pass
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of the ``tether`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        overrides = list(args.overrides)
+        if getattr(args, "quick", False):
+            overrides.append("quick=true")
+        cfg = parse_config(args.command, args.config, overrides)
+        _quiet_libraries()
+        return RUNNERS[args.command](cfg)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{PROG}: error: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ImportError) as err:
+        if debug:
+            raise
+        msg = " ".join(str(err).split()) or type(err).__name__
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return getattr(err, "exit_code", 2 if isinstance(err, ValueError) else 1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""The offline RLHF demo: SmolLM2-135M learns to continue movie-review openings positively.
+
+1. assets: SmolLM2-135M-Instruct (dequantised from the PyPI GGUF), all-MiniLM-L6-v2, the VADER paper's human ratings;
+2. data (``prepare_demo_data``): SFT continuations, human preference pairs (group = domain), PPO and held-out prompts;
+3. SFT → reward model → PPO (``tether.pipeline``; reward = the trained MiniLM RM, never a judge);
+4. evaluation of SFT vs PPO on held-out prompts with VADER, TextBlob, AFINN, the RM, KL to SFT and the reference
+   perplexity (``tether.eval.compare``); the table is printed and everything is saved under ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tether.config.pipeline import DemoConfig
+from tether.pipeline import run_pipeline, say
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run the whole demo as ``cfg`` says; returns ``{"stages": ..., "eval": results, "wall_s": ...}``."""
+    from tether.assets import minilm_path, prepare_demo_data, smollm2_path
+    from tether.eval.compare import evaluate_policies, format_table
+
+    if cfg.threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    t_all = time.perf_counter()
+    walls: dict[str, float] = {}
+    out = Path(cfg.output_dir)
+
+    t0 = time.perf_counter()
+    say("[assets] SmolLM2-135M-Instruct, all-MiniLM-L6-v2, VADER human ratings")
+    smollm2_path()
+    minilm_path()
+    paths = prepare_demo_data(
+        cfg.data_dir, cfg.seed, n_sft_train=cfg.n_sft_train, n_sft_eval=cfg.n_sft_eval,
+        n_pairs_train=cfg.n_pairs_train, n_pairs_eval=cfg.n_pairs_eval, n_prompts_train=cfg.n_prompts_train,
+        n_prompts_eval=cfg.n_prompts_eval,
+    )
+    counts = json.loads(Path(paths["stats"]).read_text())["counts"]
+    walls["assets+data"] = time.perf_counter() - t0
+    say(f"[data] {', '.join(f'{k} {v}' for k, v in counts.items())} -> {cfg.data_dir}")
+
+    stages = run_pipeline(cfg)
+    for k in ("sft", "rm", "ppo"):
+        walls[k] = stages[k]["wall_s"]
+
+    t0 = time.perf_counter()
+    say(f"[eval] SFT vs PPO on {counts['prompts_eval']} held-out prompts × {cfg.eval_samples}")
+    prompts = [json.loads(line)["prompt"] for line in Path(paths["prompts_eval"]).read_text().splitlines() if line]
+    ppo_final = str(Path(cfg.ppo.output_dir) / "final")
+    results = evaluate_policies(
+        {"sft": cfg.sft.output_dir, "ppo": ppo_final}, prompts, cfg.judges, cfg.rm.output_dir, cfg.sft.output_dir,
+        cfg.eval_samples, cfg.ppo.temperature, cfg.seed, response_length=cfg.ppo.response_length,
+        max_prompt_length=cfg.ppo.max_prompt_length, micro_batch_size=16, output_dir=out / "eval",
+    )
+    walls["eval"] = time.perf_counter() - t0
+    walls["total"] = time.perf_counter() - t_all
+    print(format_table(results), flush=True)
+
+    target = target_met(results)
+    say(f"[demo] target (PPO > SFT on vader and textblob, CIs excluding 0, ref perplexity within +20%): "
+        f"{'met' if target['met'] else 'not met'} — {target['why']}")
+    say("[demo] wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in walls.items()))
+    summary = {"wall_s": walls, "stages": stages, "target": target, "data": counts,
+               "results": {k: v for k, v in results.items() if k != "samples"}}
+    (out / "demo_summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    say(f"[demo] saved under {out}")
+    return {"stages": stages, "eval": results, "wall_s": walls, "target": target}
+
+
+def target_met(results: dict) -> dict:
+    """PPO beats SFT on VADER and TextBlob (paired CI > 0) with reference perplexity within +20% of SFT's."""
+    paired = results["paired"].get("ppo", {})
+    pol = results["policies"]
+    ok, why = True, []
+    for j in ("vader", "textblob"):
+        d = paired.get(j)
+        good = d is not None and d["lo"] > 0
+        ok &= good
+        why.append(f"{j} Δ {d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]" if d else f"{j} n/a")
+    try:
+        ratio = pol["ppo"]["ref_ppl"]["mean"] / pol["sft"]["ref_ppl"]["mean"]
+    except (KeyError, TypeError, ZeroDivisionError):
+        ratio = float("inf")
+    ok &= ratio <= 1.2
+    why.append(f"ppl ratio {ratio:.3f}")
+    kl = pol.get("ppo", {}).get("kl", {}).get("mean")
+    if kl is not None:
+        why.append(f"KL {kl:.2f} nats/seq")
+    return {"met": bool(ok), "why": "; ".join(why), "ppl_ratio": ratio}

@@ -1,0 +1,242 @@
+"""Compare policies on held-out prompts: independent judges, the trained reward model, KL to the reference, and
+fluency (perplexity of each completion under the frozen reference at T=1), with bootstrap CIs.
+
+Sampling uses the same pure sampling config as PPO (``tether.rollout.generate``); every policy is sampled with the
+same seed. Per completion: judge scores on the completion text, the RM score of (prompt, completion), the sequence
+KL ``Σ_t log π(y_t) − log π_ref(y_t)`` on the sampled tokens at the sampling temperature, and the reference
+perplexity ``exp(−mean_t log π_ref(y_t))`` at T=1 (empty completions are left out of the perplexity).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import torch
+from pydantic import Field, model_validator
+
+from tether.config.base import Section
+from tether.errors import ConfigError, ModelError
+
+
+class EvalConfig(Section):
+    """Sample completions from each policy on held-out prompts and compare them (judges, RM, KL, perplexity)."""
+
+    policies: dict[str, str]
+    """Policies to compare, name: model directory (e.g. {sft: runs/x/sft, ppo: runs/x/ppo/final}); the first is the
+    baseline of the paired differences."""
+    prompts: str
+    """Prompt file (JSONL/CSV/parquet or datasets directory with a `prompt` or `messages` column)."""
+    reference: str
+    """Frozen reference policy directory (KL and perplexity are measured against it), usually the SFT model."""
+    reward_model: Optional[str] = None
+    """Trained reward-model directory to score completions with; null: no RM column."""
+    judges: list[str] = Field(default_factory=lambda: ["vader", "textblob", "afinn"])
+    """Independent judges (`vader`, `textblob`, `afinn`)."""
+    num_prompts: Optional[int] = Field(None, ge=1)
+    """Use only the first this many prompts; null: all."""
+    samples_per_prompt: int = Field(1, ge=1)
+    """Completions per prompt per policy."""
+    temperature: float = Field(0.7, gt=0)
+    """Sampling temperature (KL is measured at this temperature, as in PPO)."""
+    response_length: int = Field(32, ge=1)
+    """Maximum new tokens per completion."""
+    max_prompt_length: int = Field(128, ge=1)
+    """Prompts longer than this keep their last max_prompt_length tokens."""
+    micro_batch_size: int = Field(16, ge=1)
+    """Sequences per generate/forward call."""
+    seed: int = 0
+    """Sampling seed (the same for every policy) and bootstrap seed."""
+    output_dir: str = "runs/eval"
+    """Where results.json and samples.jsonl are written."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalConfig":
+        if not self.policies:
+            raise ValueError("policies: give at least one name: directory")
+        return self
+
+
+def _load(path: str):
+    from tether.models.load import disable_dropout, ensure_pad_token, load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(path)
+    model = load_causal_lm(path)
+    ensure_pad_token(tok, "add")
+    from tether.models.load import resize_for_tokenizer
+
+    resize_for_tokenizer(model, tok)
+    tok.padding_side = "left"
+    return disable_dropout(model).eval(), tok
+
+
+def _ci(values, seed: int) -> dict:
+    from tether.eval.stats import bootstrap_ci
+
+    if len(values) == 0:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    m, lo, hi = bootstrap_ci(values, seed=seed)
+    return {"mean": m, "lo": lo, "hi": hi, "n": len(values)}
+
+
+@torch.no_grad()
+def sample_and_score(model, tok, ref, prompts: list[str], *, response_length: int, temperature: float,
+                     max_prompt_length: int, micro_batch_size: int, seed: int) -> list[dict]:
+    """Sample one completion per prompt row; return per-completion KL to ``ref`` and reference NLL."""
+    from tether.algos.batching import derive_seed
+    from tether.rollout.generate import encode_prompts, generate, response_logprobs
+
+    rows: list[dict] = []
+    for b, start in enumerate(range(0, len(prompts), micro_batch_size)):
+        texts = prompts[start : start + micro_batch_size]
+        batch = encode_prompts(tok, texts, texts, max_prompt_length, "left")
+        torch.manual_seed(derive_seed(seed, "eval", b))
+        ro, _ = generate(model, tok, batch, response_length=response_length, temperature=temperature,
+                         stop_at_eos=True, micro_batch_size=micro_batch_size)
+        mask = ro.response_mask
+        q = ro.query_length
+        ref_t = response_logprobs(ref, ro.query_response, ro.attention_mask, q, temperature, micro_batch_size)
+        ref_1 = response_logprobs(ref, ro.query_response, ro.attention_mask, q, 1.0, micro_batch_size)
+        kl = torch.where(mask, ro.logprobs - ref_t.float(), 0.0).sum(1)
+        n_tok = mask.sum(1)
+        nll = -torch.where(mask, ref_1.float(), 0.0).sum(1)
+        for i in range(len(texts)):
+            n = int(n_tok[i])
+            rows.append({"prompt": texts[i], "completion": ro.completions[i], "tokens": n,
+                         "has_eos": bool(ro.has_eos[i]), "kl": float(kl[i]),
+                         "ref_nll": float(nll[i]), "ref_ppl": math.exp(float(nll[i]) / n) if n else None})
+    return rows
+
+
+def evaluate_policies(policies: dict[str, str], prompts: list[str], judges: list[str], reward_model_path: str | None,
+                      reference_path: str, n_samples: int = 1, temperature: float = 0.7, seed: int = 0, *,
+                      response_length: int = 32, max_prompt_length: int = 128, micro_batch_size: int = 16,
+                      output_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Sample ``n_samples`` completions per prompt from each policy, score them, and summarise with bootstrap CIs.
+
+    Returns ``{"policies": {name: {metric: {mean, lo, hi, n}}}, "paired": {name: {metric: {mean, lo, hi}}},
+    "samples": {name: [rows]}, ...}``; paired differences are ``policy − first policy`` per completion slot. With
+    ``output_dir``: writes ``results.json`` and ``samples.jsonl`` there.
+    """
+    from tether.eval.judges import get_judge
+    from tether.eval.stats import paired_bootstrap_diff
+    from tether.rewards.reward_model import RewardModelScorer, same_tokenizer
+
+    if not policies:
+        raise ConfigError("policies: give at least one name: directory")
+    if not prompts:
+        raise ConfigError("prompts: the prompt set is empty")
+    judge_fns = {name: get_judge(name) for name in judges}
+    ref, ref_tok = _load(reference_path)
+    if ref.dtype != torch.float32:
+        ref = ref.float()
+    rm = RewardModelScorer.from_path(reward_model_path) if reward_model_path else None
+    texts = [p for p in prompts for _ in range(n_samples)]
+    samples: dict[str, list[dict]] = {}
+    for name, path in policies.items():
+        model, tok = (ref, ref_tok) if str(path) == str(reference_path) else _load(path)
+        if not same_tokenizer(tok, ref_tok):
+            raise ModelError(f"{path}: policy {name!r} does not share the reference's tokenizer ({reference_path})")
+        rows = sample_and_score(model, ref_tok, ref, texts, response_length=response_length, temperature=temperature,
+                                max_prompt_length=max_prompt_length, micro_batch_size=micro_batch_size, seed=seed)
+        comps = [r["completion"] for r in rows]
+        for jn, fn in judge_fns.items():
+            for r, s in zip(rows, fn(comps)):
+                r[jn] = float(s)
+        if rm is not None:
+            scores = rm([r["prompt"] for r in rows], comps)
+            for r, s in zip(rows, scores.tolist()):
+                r["rm"] = float(s)
+        for r in rows:
+            r["policy"] = name
+        samples[name] = rows
+        if model is not ref:
+            del model
+        if progress:
+            print(f"[eval] {name}: {len(rows)} completions scored", flush=True)
+
+    metrics = [*judges, *(["rm"] if rm is not None else []), "kl", "ref_ppl", "tokens"]
+    summary = {name: {m: _ci([r[m] for r in rows if r.get(m) is not None], seed) for m in metrics}
+               for name, rows in samples.items()}
+    base = next(iter(policies))
+    paired: dict[str, dict] = {}
+    for name, rows in samples.items():
+        if name == base:
+            continue
+        paired[name] = {}
+        for m in metrics:
+            idx = [i for i, (a, b) in enumerate(zip(samples[base], rows)) if a.get(m) is not None
+                   and b.get(m) is not None]
+            if idx:
+                d = paired_bootstrap_diff([samples[base][i][m] for i in idx], [rows[i][m] for i in idx], seed=seed)
+                paired[name][m] = {"mean": d.mean, "lo": d.lo, "hi": d.hi, "n": len(idx),
+                                   "excludes_0": bool(d.lo > 0 or d.hi < 0)}
+    results = {"baseline": base, "policies": summary, "paired": paired, "metrics": metrics,
+               "settings": {"n_prompts": len(prompts), "n_samples": n_samples, "temperature": temperature,
+                            "response_length": response_length, "seed": seed, "reference": str(reference_path),
+                            "reward_model": reward_model_path, "policies": dict(policies)},
+               "samples": samples}
+    if output_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps({k: v for k, v in results.items() if k != "samples"},
+                                                     indent=1), encoding="utf-8")
+        with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
+            for rows in samples.values():
+                for r in rows:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return results
+
+
+def format_table(results: dict, n_examples: int = 3) -> str:
+    """The before/after table: mean [95% CI] per policy and metric, the paired difference, then sample completions."""
+    names = list(results["policies"])
+    base = results["baseline"]
+
+    def cell(s: dict) -> str:
+        if s.get("mean") is None:
+            return "n/a"
+        return f"{s['mean']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]"
+
+    header = ["metric", *names, *[f"{n}−{base}" for n in results["paired"]]]
+    lines = []
+    for m in results["metrics"]:
+        row = [m, *[cell(results["policies"][n][m]) for n in names]]
+        for n in results["paired"]:
+            d = results["paired"][n].get(m)
+            row.append("n/a" if d is None else cell(d) + (" *" if d["excludes_0"] else ""))
+        lines.append(row)
+    widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*header), fmt.format(*["-" * w for w in widths]), *[fmt.format(*r) for r in lines]]
+    out.append("mean [95% bootstrap CI]; * = paired-difference CI excludes 0; kl = Σ log π − log π_ref (nats/seq); "
+               "ref_ppl = perplexity under the reference at T=1")
+    for n in names:
+        out.append(f"\n{n} samples:")
+        for r in results["samples"][n][:n_examples]:
+            extra = " ".join(f"{j}={r[j]:+.2f}" for j in results["metrics"] if j in r and j not in
+                             ("kl", "ref_ppl", "tokens") and r[j] is not None)
+            out.append(f"  {r['prompt']!r} → {r['completion']!r}  ({extra})")
+    return "\n".join(out)
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """Evaluate as an ``EvalConfig`` says, print the table, write results.json and samples.jsonl."""
+    from tether.data.readers import load_prompts
+
+    for name, path in cfg.policies.items():
+        if not (Path(path) / "config.json").is_file():
+            raise ModelError(f"{path}: policy {name!r} is not a model directory (no config.json)")
+    if not (Path(cfg.reference) / "config.json").is_file():
+        raise ModelError(f"{cfg.reference}: reference is not a model directory (no config.json)")
+    prompts = load_prompts(cfg.prompts)
+    if cfg.num_prompts is not None:
+        prompts = prompts[: cfg.num_prompts]
+    res = evaluate_policies(cfg.policies, prompts, cfg.judges, cfg.reward_model, cfg.reference,
+                            cfg.samples_per_prompt, cfg.temperature, cfg.seed, response_length=cfg.response_length,
+                            max_prompt_length=cfg.max_prompt_length, micro_batch_size=cfg.micro_batch_size,
+                            output_dir=cfg.output_dir)
+    print(format_table(res), flush=True)
+    return res

@@ -1,0 +1,104 @@
+"""Run SFT → reward model → PPO, each stage's output feeding the next (wiring: ``tether.config.pipeline``).
+
+A stage is skipped when its output directory already holds a finished model written with the same resolved config
+(its ``tether_config.yaml``, written last by the atomic save) and no stage before it was re-run.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tether.config.base import dump
+
+
+def say(msg: str) -> None:
+    """One progress line on stdout, flushed (visible in logs as it happens)."""
+    print(msg, flush=True)
+
+
+def finished(model_dir: str | Path, cfg: Any) -> bool:
+    """True when ``model_dir`` holds a finished model saved with this exact config."""
+    marker = Path(model_dir) / "tether_config.yaml"
+    if not marker.is_file():
+        return False
+    try:
+        saved = yaml.safe_load(marker.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return False
+    return saved == yaml.safe_load(yaml.safe_dump(dump(cfg)))
+
+
+def run_sft(cfg, *, force: bool = False, progress: bool = True) -> dict:
+    from tether.algos.sft import train_sft
+
+    t0 = time.perf_counter()
+    if not force and finished(cfg.output_dir, cfg):
+        say(f"[sft] skipped: finished model in {cfg.output_dir}")
+        return {"skipped": True, "output_dir": cfg.output_dir, "wall_s": 0.0}
+    say(f"[sft] fine-tuning {cfg.model} on {cfg.train_file} -> {cfg.output_dir}")
+    res = train_sft(cfg, progress=progress)
+    wall = time.perf_counter() - t0
+    say(f"[sft] done in {wall:.0f}s: {res.steps} steps, train loss {_f(res.train_loss)}, eval loss {_f(res.eval_loss)}")
+    return {"skipped": False, "output_dir": str(res.output_dir), "steps": res.steps, "train_loss": res.train_loss,
+            "eval_loss": res.eval_loss, "wall_s": wall}
+
+
+def run_rm(cfg, *, force: bool = False, progress: bool = True) -> dict:
+    from tether.algos.rm import train_rm
+
+    t0 = time.perf_counter()
+    if not force and finished(cfg.output_dir, cfg):
+        say(f"[rm] skipped: finished reward model in {cfg.output_dir}")
+        return {"skipped": True, "output_dir": cfg.output_dir, "wall_s": 0.0}
+    say(f"[rm] training reward model on {cfg.train_file} -> {cfg.output_dir}")
+    res = train_rm(cfg, progress=progress)
+    wall = time.perf_counter() - t0
+    groups = ", ".join(f"{k} {v:.3f}" for k, v in sorted(res.group_accuracy.items()))
+    say(f"[rm] done in {wall:.0f}s: {res.steps} steps, eval accuracy {_f(res.accuracy)}"
+        + (f" ({groups})" if groups else ""))
+    return {"skipped": False, "output_dir": str(res.output_dir), "steps": res.steps, "accuracy": res.accuracy,
+            "group_accuracy": res.group_accuracy, "eval_loss": res.eval_loss, "wall_s": wall}
+
+
+def run_ppo(cfg, *, force: bool = False) -> dict:
+    from tether.algos.ppo import PPOTrainer
+
+    t0 = time.perf_counter()
+    final = Path(cfg.output_dir) / "final"
+    if not force and finished(final, cfg):
+        say(f"[ppo] skipped: finished policy in {final}")
+        return {"skipped": True, "output_dir": str(final), "wall_s": 0.0}
+    say(f"[ppo] {cfg.num_updates} updates of {cfg.policy} -> {final}")
+    for name in ("metrics.jsonl", "samples.jsonl"):  # a fresh run: the trainer appends to these
+        stale = Path(cfg.output_dir) / name
+        if stale.exists():
+            stale.unlink()
+    trainer = PPOTrainer(cfg)
+    history = trainer.train()
+    wall = time.perf_counter() - t0
+    last = history[-1] if history else {}
+    say(f"[ppo] done in {wall:.0f}s: last score {_f(last.get('objective/score'))}, "
+        f"kl {_f(last.get('objective/kl'))}")
+    return {"skipped": False, "output_dir": str(final), "updates": len(history), "wall_s": wall,
+            "last": {k: last[k] for k in ("objective/score", "objective/kl") if k in last}}
+
+
+def run_pipeline(cfg) -> dict:
+    """Run the three stages of a ``PipelineConfig`` (or ``DemoConfig``); returns per-stage summaries."""
+    show = sys.stderr.isatty()
+    force = bool(getattr(cfg, "force", False))
+    out: dict[str, Any] = {}
+    out["sft"] = run_sft(cfg.sft, force=force, progress=show)
+    out["rm"] = run_rm(cfg.rm, force=force, progress=show)
+    upstream_ran = not (out["sft"]["skipped"] and out["rm"]["skipped"])
+    out["ppo"] = run_ppo(cfg.ppo, force=force or upstream_ran)
+    return out
+
+
+def _f(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
