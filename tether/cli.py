@@ -1,8 +1,12 @@
-"""The ``tether`` command: parse a YAML config plus ``KEY=VALUE`` overrides into a typed config, call the Python API.
+"""tether: RLHF with PPO for Hugging Face causal LMs (SFT, reward model, PPO, evaluation, the offline demo).
+
+Each command reads a YAML config plus KEY=VALUE overrides into a typed config and calls the Python API.
 
 ``tether ppo --config ppo.yaml kl_coef=0.1 policy=runs/sft``; nested sections use dots (``ppo.kl_coef=0.1``).
 ``tether <command> --help`` lists every option with its type, default and meaning, generated from the config class.
-User errors print one line ``tether: error: <message>`` and exit 2 (130 on Ctrl-C); ``--debug`` shows tracebacks.
+User errors print one line ``tether: error: <message>`` and exit 2; ``--debug`` shows tracebacks. Other exit codes
+(docs/reliability.md): 3 a run stopped by repeated NaN/Inf, 75 pre-empted by SIGTERM/Ctrl-C after writing a checkpoint
+(run the same command again to resume), 130 aborted, 1 anything else.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from tether.errors import Preempted
 
 PROG = "tether"
 
@@ -43,6 +49,7 @@ def _config_classes() -> dict[str, tuple[type, str]]:
         "pipeline": (PipelineConfig, "SFT → reward model → PPO, each stage's output feeding the next"),
         "eval": (EvalConfig, "compare policies: judges, reward model, KL to the reference, perplexity"),
         "demo": (DemoConfig, "the offline sentiment demo (SmolLM2 + MiniLM RM + PPO, then evaluation)"),
+        "doctor": (PPOConfig, "pre-flight checks of a PPO set-up (same options as ppo): a pass/fail table with fixes"),
     }
 
 
@@ -50,7 +57,7 @@ def _run_sft(cfg) -> int:
     from tether.pipeline import run_sft
 
     _require_dir(cfg.model, "model")
-    run_sft(cfg, force=True, progress=sys.stderr.isatty())
+    run_sft(cfg, progress=sys.stderr.isatty())
     return 0
 
 
@@ -58,7 +65,7 @@ def _run_rm(cfg) -> int:
     from tether.pipeline import run_rm
 
     _require_dir(cfg.model, "model")
-    run_rm(cfg, force=True, progress=sys.stderr.isatty())
+    run_rm(cfg, progress=sys.stderr.isatty())
     return 0
 
 
@@ -70,7 +77,7 @@ def _run_ppo(cfg) -> int:
         from tether.errors import ConfigError
 
         raise ConfigError("prompts: required (a prompt file)")
-    run_ppo(cfg, force=True)
+    run_ppo(cfg)
     return 0
 
 
@@ -97,8 +104,27 @@ def _run_demo(cfg) -> int:
     return 0
 
 
+def _run_doctor(cfg) -> int:
+    from tether.doctor import format_results, run_checks
+
+    _require_dir(cfg.policy, "policy")
+    results = run_checks(cfg)
+    print(format_results(results), flush=True)
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from tether.monitor.report import write_report
+
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "report.html"
+    path = write_report(args.runs, out, png=args.png)
+    print(f"{PROG}: report written to {path}" + (f" (and {args.png})" if args.png else ""), flush=True)
+    return 0
+
+
 RUNNERS: dict[str, Callable[[Any], int]] = {
     "sft": _run_sft, "rm": _run_rm, "ppo": _run_ppo, "pipeline": _run_pipeline, "eval": _run_eval, "demo": _run_demo,
+    "doctor": _run_doctor,
 }
 
 
@@ -126,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (cls, summary) in _config_classes().items():
-        doc = " ".join((cls.__doc__ or summary).split())
+        doc = " ".join((cls.__doc__ if name != "doctor" and cls.__doc__ else summary).split())
         options = "\n".join("  " + line for line in help_lines(cls))
         p = sub.add_parser(
             name, help=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -137,8 +163,43 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
         if name == "demo":
             p.add_argument("--quick", action="store_true", help="smoke-size run of a few minutes (quick=true)")
+        if name in RESUMABLE:
+            _add_resume_flags(p)
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="option overrides, values parsed as YAML")
+    p = sub.add_parser("report", help="HTML report of one or more runs (several runs overlay their curves)",
+                       description="Write one self-contained HTML file (plots embedded) from run directories: a "
+                       "stage's output_dir (metrics.jsonl, samples.jsonl, ...) or a pipeline/demo directory.",
+                       epilog=f"example: {PROG} report runs/demo runs/other --out compare.html")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories to report on")
+    p.add_argument("--out", metavar="FILE", help="HTML file to write (default: RUN_DIR/report.html of the first)")
+    p.add_argument("--png", metavar="FILE", help="also save the main plots as one PNG image")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return parser
+
+
+RESUMABLE = {"sft": ("",), "rm": ("",), "ppo": ("",), "pipeline": ("sft.", "rm.", "ppo."),
+             "demo": ("sft.", "rm.", "ppo.")}
+"""Commands that checkpoint and resume (docs/reliability.md), with the config prefixes ``--resume`` sets."""
+
+
+def _add_resume_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", metavar="WHERE", help="auto (default): continue from the newest checkpoint in "
+                   "output_dir; or a checkpoint directory (resume=WHERE)")
+    g.add_argument("--no-resume", action="store_true", help="start over; refuses an output_dir that already holds a "
+                   "run (resume=never)")
+
+
+def _resume_overrides(args: argparse.Namespace) -> list[str]:
+    """``--resume X`` / ``--no-resume`` as ``resume=`` overrides (per stage for the pipeline and the demo)."""
+    value = "never" if getattr(args, "no_resume", False) else getattr(args, "resume", None)
+    if value is None:
+        return []
+    prefixes = RESUMABLE[args.command]
+    if value not in ("auto", "never") and len(prefixes) > 1:
+        raise UsageError(f"--resume {value}: {args.command} runs several stages; give a stage's checkpoint as "
+                         f"{prefixes[-1]}resume=DIR")
+    return [f"{p}resume={value}" for p in prefixes]
 
 
 def _example(name: str) -> str:
@@ -150,6 +211,7 @@ def _example(name: str) -> str:
         "eval": "policies='{sft: runs/demo/sft, ppo: runs/demo/ppo/final}' reference=runs/demo/sft "
                 "prompts=runs/demo/data/prompts_eval.jsonl reward_model=runs/demo/rm",
         "demo": "--quick   (or: --config configs/demo.yaml ppo.kl_coef=0.05)",
+        "doctor": "--config configs/ppo_example.yaml policy=runs/sft",
     }[name]
 
 
@@ -190,9 +252,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
+        if args.command == "report":
+            return _run_report(args)
         overrides = list(args.overrides)
         if getattr(args, "quick", False):
             overrides.append("quick=true")
+        overrides += _resume_overrides(args)
         cfg = parse_config(args.command, args.config, overrides)
         _quiet_libraries()
         return RUNNERS[args.command](cfg)
@@ -201,12 +266,22 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise
         print(f"{PROG}: error: interrupted", file=sys.stderr)
         return 130
+    except Preempted as err:  # a checkpoint was written; the message says how to resume
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return err.exit_code
     except (ValueError, OSError, ImportError) as err:
         if debug:
             raise
         msg = " ".join(str(err).split()) or type(err).__name__
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return getattr(err, "exit_code", 2 if isinstance(err, ValueError) else 1)
+    except Exception as err:  # a bug or an unforeseen failure: still one line unless --debug
+        if debug:
+            raise
+        msg = " ".join(str(err).split())[:300] or "no message"
+        print(f"{PROG}: error: unexpected {type(err).__name__}: {msg} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -67,8 +67,19 @@ def run_demo(cfg: DemoConfig) -> dict:
     summary = {"wall_s": walls, "stages": stages, "target": target, "data": counts,
                "results": {k: v for k, v in results.items() if k != "samples"}}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    _write_report(out)
     say(f"[demo] saved under {out}")
     return {"stages": stages, "eval": results, "wall_s": walls, "target": target}
+
+
+def _write_report(out: Path) -> None:
+    """The HTML report of the whole demo (stages, PPO curves, judges vs √KL); a warning if it cannot be made."""
+    try:
+        from tether.monitor.report import write_report
+
+        say(f"[demo] report: {write_report([out], out / 'report.html')}")
+    except (ImportError, OSError, ValueError) as err:
+        say(f"[demo] report not written: {err}")
 
 
 def target_met(results: dict) -> dict:

@@ -24,3 +24,22 @@ class ModelError(TetherError):
 
 class RewardError(TetherError):
     """A reward source that returned the wrong number of values or a non-finite value."""
+
+
+class CheckpointError(TetherError):
+    """A checkpoint or run directory that cannot be used as asked: unreadable or incomplete, written by another format
+    version, made with a config that differs in a field that changes the result, or a run that would be overwritten."""
+
+
+class TrainingError(TetherError):
+    """A run that cannot go on: non-finite losses, gradients or rewards in too many consecutive steps, or weights that
+    are not finite when they are about to be saved. The last good checkpoint is left as it was."""
+
+    exit_code = 3
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM or Ctrl-C after finishing its current step and writing a checkpoint. Running the same
+    command (or building the trainer with the same config) again continues from that checkpoint."""
+
+    exit_code = 75

@@ -1,7 +1,8 @@
 """Run SFT → reward model → PPO, each stage's output feeding the next (wiring: ``tether.config.pipeline``).
 
-A stage is skipped when its output directory already holds a finished model written with the same resolved config
-(its ``tether_config.yaml``, written last by the atomic save) and no stage before it was re-run.
+A stage is skipped when its output directory already holds its finished model made with the same config (up to the
+fields a resume may change; ``tether.algos.run_dir``) and no stage before it was re-run; an interrupted stage
+continues from its newest checkpoint. A stage after one that ran (or with ``force``) starts over (``restart``).
 """
 
 from __future__ import annotations
@@ -11,37 +12,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tether.config.base import dump
-
 
 def say(msg: str) -> None:
     """One progress line on stdout, flushed (visible in logs as it happens)."""
     print(msg, flush=True)
 
 
-def finished(model_dir: str | Path, cfg: Any) -> bool:
-    """True when ``model_dir`` holds a finished model saved with this exact config."""
-    marker = Path(model_dir) / "tether_config.yaml"
-    if not marker.is_file():
-        return False
-    try:
-        saved = yaml.safe_load(marker.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        return False
-    return saved == yaml.safe_load(yaml.safe_dump(dump(cfg)))
+def finished(cfg: Any, *, force: bool = False) -> bool:
+    """True when the stage of ``cfg`` has nothing left to do: its finished model is saved with a compatible config.
+    Raises ``CheckpointError`` (one line) when its output directory holds a run that this config cannot continue."""
+    from tether.algos.run_dir import stage_run_dir
+
+    return stage_run_dir(cfg, restart=force).finished
 
 
 def run_sft(cfg, *, force: bool = False, progress: bool = True) -> dict:
     from tether.algos.sft import train_sft
 
     t0 = time.perf_counter()
-    if not force and finished(cfg.output_dir, cfg):
+    if finished(cfg, force=force):
         say(f"[sft] skipped: finished model in {cfg.output_dir}")
         return {"skipped": True, "output_dir": cfg.output_dir, "wall_s": 0.0}
     say(f"[sft] fine-tuning {cfg.model} on {cfg.train_file} -> {cfg.output_dir}")
-    res = train_sft(cfg, progress=progress)
+    res = train_sft(cfg, progress=progress, restart=force)
     wall = time.perf_counter() - t0
     say(f"[sft] done in {wall:.0f}s: {res.steps} steps, train loss {_f(res.train_loss)}, eval loss {_f(res.eval_loss)}")
     return {"skipped": False, "output_dir": str(res.output_dir), "steps": res.steps, "train_loss": res.train_loss,
@@ -52,11 +45,11 @@ def run_rm(cfg, *, force: bool = False, progress: bool = True) -> dict:
     from tether.algos.rm import train_rm
 
     t0 = time.perf_counter()
-    if not force and finished(cfg.output_dir, cfg):
+    if finished(cfg, force=force):
         say(f"[rm] skipped: finished reward model in {cfg.output_dir}")
         return {"skipped": True, "output_dir": cfg.output_dir, "wall_s": 0.0}
     say(f"[rm] training reward model on {cfg.train_file} -> {cfg.output_dir}")
-    res = train_rm(cfg, progress=progress)
+    res = train_rm(cfg, progress=progress, restart=force)
     wall = time.perf_counter() - t0
     groups = ", ".join(f"{k} {v:.3f}" for k, v in sorted(res.group_accuracy.items()))
     say(f"[rm] done in {wall:.0f}s: {res.steps} steps, eval accuracy {_f(res.accuracy)}"
@@ -70,15 +63,11 @@ def run_ppo(cfg, *, force: bool = False) -> dict:
 
     t0 = time.perf_counter()
     final = Path(cfg.output_dir) / "final"
-    if not force and finished(final, cfg):
+    if finished(cfg, force=force):
         say(f"[ppo] skipped: finished policy in {final}")
         return {"skipped": True, "output_dir": str(final), "wall_s": 0.0}
     say(f"[ppo] {cfg.num_updates} updates of {cfg.policy} -> {final}")
-    for name in ("metrics.jsonl", "samples.jsonl"):  # a fresh run: the trainer appends to these
-        stale = Path(cfg.output_dir) / name
-        if stale.exists():
-            stale.unlink()
-    trainer = PPOTrainer(cfg)
+    trainer = PPOTrainer(cfg, restart=force)
     history = trainer.train()
     wall = time.perf_counter() - t0
     last = history[-1] if history else {}

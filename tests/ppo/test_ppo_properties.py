@@ -155,13 +155,14 @@ def test_outputs_saved_in_save_pretrained_format(tmp_path, gpt2_tok, make_llama)
 
 
 def test_reward_errors_name_the_source(tmp_path, gpt2_tok, make_llama):
-    from tether.errors import RewardError
+    from tether.errors import RewardError, TrainingError
 
     def bad(prompts, completions):
         return [float("nan")] * len(completions)
 
-    tr = make_trainer(tmp_path, gpt2_tok, make_llama(len(gpt2_tok) + 1), reward=bad)
-    with pytest.raises(RewardError, match="reward 'bad': non-finite"):
+    # a NaN reward skips the update; max_consecutive_skips of them in a row stop the run, naming the source
+    tr = make_trainer(tmp_path, gpt2_tok, make_llama(len(gpt2_tok) + 1), reward=bad, max_consecutive_skips=1)
+    with pytest.raises(TrainingError, match="reward 'bad' returned a non-finite value"):
         tr.step()
 
     def short(prompts, completions):
@@ -170,3 +171,29 @@ def test_reward_errors_name_the_source(tmp_path, gpt2_tok, make_llama):
     tr = make_trainer(tmp_path, __import__("copy").deepcopy(gpt2_tok), make_llama(len(gpt2_tok) + 1), reward=short)
     with pytest.raises(RewardError, match="reward 'short': returned"):
         tr.step()
+
+
+@pytest.mark.parametrize("stop_at_eos", [True, False])
+def test_stop_at_eos_changes_work_not_masks(gpt2_tok, make_eos_llama, stop_at_eos):
+    """Both modes mask everything after the first EOS; only `stop_at_eos=False` samples all R tokens of every row."""
+    from tether.rollout.generate import encode_prompts, generate
+
+    model = make_eos_llama(gpt2_tok, PROMPTS, target_p=0.3)
+    ensure_pad_token(gpt2_tok, "add")
+    resize_for_tokenizer(model, gpt2_tok)
+    batch = encode_prompts(gpt2_tok, PROMPTS, PROMPTS, 32)
+    calls = []
+    original = model.generate
+    model.generate = lambda **kw: calls.append(out := original(**kw)) or out
+    torch.manual_seed(0)
+    rollout, _ = generate(model, gpt2_tok, batch, response_length=12, temperature=1.0, stop_at_eos=stop_at_eos,
+                          micro_batch_size=8)
+    sampled = calls[0].sequences.shape[1] - batch.input_ids.shape[1]
+    assert bool(rollout.has_eos.any()), "the fixture should make EOS likely"
+    lengths = rollout.response_mask.sum(1)
+    first_eos = (rollout.query_response[:, batch.input_ids.shape[1]:] == gpt2_tok.eos_token_id).float().argmax(1)
+    assert bool((lengths[rollout.has_eos] == first_eos[rollout.has_eos] + 1).all())  # EOS itself is kept
+    if stop_at_eos:
+        assert sampled == int(lengths.max()) <= 12
+    else:
+        assert sampled == 12

@@ -9,7 +9,8 @@ import random
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,6 +89,14 @@ def build_scheduler(
     )
 
 
+def step_scheduler(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """``scheduler.step()``, without torch's warning when the optimizer has not stepped yet (every step so far was
+    skipped for NaN/Inf): the schedule follows the step count, taken or skipped."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        scheduler.step()
+
+
 def _plain(value: Any) -> Any:
     """JSON-able version of a metric value: tensors and NumPy scalars → numbers, non-finite floats → None."""
     if isinstance(value, torch.Tensor):
@@ -157,47 +166,91 @@ def save_model_atomic(
     extra_files: Mapping[str, str | Mapping[str, Any]] | None = None,
     *,
     keep: Sequence[str] = ("metrics.jsonl",),
+    before_swap: Callable[[Path], None] | None = None,
 ) -> Path:
     """``save_pretrained`` (safetensors) of model and tokenizer into a temporary directory beside ``out_dir``, then
     swap it in with ``os.replace``, so ``out_dir`` never holds a half-written model.
 
     ``extra_files``: name → text (written as is) or mapping (YAML for ``.yaml``/``.yml`` names, else JSON).
-    ``keep``: files of an existing ``out_dir`` carried into the new one unless the save writes them (by default the
-    run's ``metrics.jsonl``). An existing ``out_dir`` is first renamed aside and removed once the new one is in place;
-    between those two renames (microseconds) the path is briefly absent. Returns ``out_dir`` as a Path.
+    ``keep``: files or directories of an existing ``out_dir`` carried into the new one unless the save writes them (by
+    default the run's ``metrics.jsonl``; directories such as ``checkpoints`` are hard-linked, copied where links are
+    not possible). ``before_swap``: called with the temporary directory once the model is in it, to add more (a
+    critic). Weights holding NaN/Inf are refused (``TrainingError``). An existing ``out_dir`` is first renamed aside
+    and removed once the new one is in place; a crash between those two renames is undone by
+    :func:`recover_model_dir`. Returns ``out_dir`` as a Path.
     """
+    from tether.checkpoint import check_finite, fsync_dir, kill_point
+
+    check_finite({"model": model})
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        model.save_pretrained(str(tmp))
+        from tether.monitor.progress import library_bars
+
+        with library_bars():  # transformers' "Writing model shards" bar only on a terminal
+            model.save_pretrained(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        if before_swap is not None:
+            before_swap(tmp)
         for name, content in (extra_files or {}).items():
             _write_extra(tmp, name, content)
         for name in keep:
-            if (out / name).is_file() and not (tmp / name).exists():
+            if (tmp / name).exists():
+                continue
+            if (out / name).is_file():
                 shutil.copy2(out / name, tmp / name)
+            elif (out / name).is_dir():
+                _link_tree(out / name, tmp / name)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / "x")
+            kill_point(f"model-swap:{out.name}")  # the old directory aside, the new one not yet in place
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+        fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
 
 
+def _link_tree(src: Path, dst: Path) -> None:
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link)
+
+
+def recover_model_dir(out_dir: str | Path) -> None:
+    """Undo what a crash inside :func:`save_model_atomic` left beside ``out_dir``: put the previous directory back
+    when the crash fell between the two renames, and delete temporary directories."""
+    out = Path(out_dir)
+    if not out.parent.is_dir():
+        return
+    olds = sorted(out.parent.glob(f".{out.name}.old-*"))
+    for old in olds:
+        if not out.exists() and (old / "x").is_dir():
+            os.replace(old / "x", out)
+            print(f"tether: warning: {out} restored from an interrupted save", file=sys.stderr, flush=True)
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def progress_bar(total: int, enabled: bool = True, desc: str | None = None):
     """A tqdm bar on stderr when ``enabled`` and stderr is a terminal; a silent stand-in otherwise."""
-    from tqdm.auto import tqdm
+    from tether.monitor.progress import progress
 
-    return tqdm(total=total, desc=desc, disable=not (enabled and sys.stderr.isatty()), leave=False, dynamic_ncols=True)
+    return progress(total=total, desc=desc, enabled=enabled)
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -1,7 +1,8 @@
 """PPO for causal LMs, and the critic-free estimators on the same loop.
 
 One update reads as the data flow: 1. rollout → 2. score → 3. rewards → 4. advantages → 5. update → 6. report.
-The math lives in ``tether.ops``; this file only composes it.
+The math lives in ``tether.ops``; this file only composes it. ``train()`` adds the run around the updates:
+checkpoints, resume, pre-emption and the NaN/Inf stop (``tether.algos.run_dir``, docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from torch import nn
 
 from tether import ops
 from tether.algos.batching import BatchPlan, derive_seed, prompt_indices
+from tether.algos.common import MetricsWriter, set_seed, step_scheduler
+from tether.algos.preemption import StopRequest
+from tether.algos.run_dir import read_jsonl, stage_run_dir
+from tether.checkpoint import kill_point, rng_state, set_rng_state, step_of
 from tether.config.base import dump
 from tether.config.ppo import PPOConfig
-from tether.errors import ConfigError, ModelError
+from tether.errors import CheckpointError, ConfigError, DataError, ModelError, Preempted, TrainingError
 from tether.models.forward import causal_lm_logits
 from tether.models.load import (
     disable_dropout,
@@ -32,6 +37,7 @@ from tether.models.load import (
     vocab_check,
 )
 from tether.models.value import ValueModel
+from tether.monitor.logger import RunLogger
 from tether.records import Experience
 from tether.rewards.base import combine_scores, resolve_reward_sources
 from tether.rewards.reward_model import RewardModelScorer
@@ -47,6 +53,9 @@ class PPOTrainer:
     Arguments given here take precedence over the paths in ``config``: ``policy`` a directory or a loaded causal LM;
     ``reward`` a reward-model directory, a callable ``(prompts, completions) -> floats``, or a list of those or of
     ``(source, weight)`` pairs; ``prompts`` a list of strings, a file path or a ``datasets.Dataset``.
+
+    A trainer built on an ``output_dir`` that holds checkpoints continues from the newest one (``config.resume``);
+    ``restart=True`` discards an earlier run there instead (the pipeline's ``force``).
     """
 
     def __init__(
@@ -59,9 +68,12 @@ class PPOTrainer:
         prompts: Any = None,
         reference: Optional[nn.Module] = None,
         critic: Optional[nn.Module] = None,
+        restart: bool = False,
     ):
         self.cfg = cfg = config
-        torch.manual_seed(derive_seed(cfg.seed, "init", 0))
+        self.output_dir = Path(cfg.output_dir)
+        self.run = stage_run_dir(cfg, restart=restart)
+        set_seed(derive_seed(cfg.seed, "init", 0))  # torch, and Python/NumPy for rewards that draw from them
         self.policy, self.tokenizer = self._load_policy(policy if policy is not None else cfg.policy, tokenizer)
         self.ref = self._load_reference(reference)
         self.rewards = resolve_reward_sources(
@@ -77,8 +89,21 @@ class PPOTrainer:
         )
         self.optimizers, self.schedulers = self._build_optimizers()
         self.update = 0
-        self.output_dir = Path(cfg.output_dir)
         self.history: list[dict] = []
+        self.skip_streak = 0
+        """Updates in a row in which no optimizer step could be taken (non-finite reward, loss or gradient)."""
+        self._skip_reason = ""
+        self._checkpoint_path: Optional[Path] = None
+        self._resume()
+        # 0. watch: pre-flight checks (tether doctor's fast subset), then logs, held-out evaluation, alarms
+        from tether.monitor.hooks import ppo_monitor, preflight
+
+        self.monitor: Optional[RunLogger] = None
+        if not self.run.finished:
+            if cfg.monitor.preflight:
+                preflight(self)
+            self.monitor = ppo_monitor(self)
+            self.monitor.resume(self.history)
 
     # ---------------------------------------------------------------- set-up
     def _load_policy(self, policy: Any, tokenizer: Any):
@@ -144,7 +169,25 @@ class PPOTrainer:
         for i, p in enumerate(out):
             if not p.strip():
                 raise ConfigError(f"prompts: prompt {i} is empty")
+        self._check_prompt_lengths(out, str(prompts) if isinstance(prompts, (str, Path)) else "prompts")
         return out
+
+    def _check_prompt_lengths(self, prompts: list[str], where: str) -> None:
+        """Refuse (prompt_truncation=error) or announce (left) over-long prompts before anything runs."""
+        cfg = self.cfg
+        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        for i, n in enumerate(lengths):
+            if n == 0:
+                raise DataError(f"{where}: prompt {i} tokenises to nothing")
+        long = [i for i, n in enumerate(lengths) if n > cfg.max_prompt_length]
+        if not long:
+            return
+        if cfg.prompt_truncation == "error":
+            raise DataError(f"{where}: prompt {long[0]} has {lengths[long[0]]} tokens, more than max_prompt_length="
+                            f"{cfg.max_prompt_length} (prompt_truncation=error)")
+        print(f"tether: warning: {where}: {len(long)} of {len(prompts)} prompts exceed max_prompt_length="
+              f"{cfg.max_prompt_length} tokens; their first tokens are dropped (prompt_truncation=left)",
+              file=sys.stderr, flush=True)
 
     def _build_optimizers(self):
         from tether.algos.common import build_optimizer, build_scheduler
@@ -164,6 +207,9 @@ class PPOTrainer:
     def step(self) -> dict[str, float]:
         """Run one PPO update (rollout, scoring, epochs of minibatch updates) and return its metrics."""
         cfg, plan, u = self.cfg, self.plan, self.update
+        if u >= cfg.num_updates:
+            raise ConfigError(f"{self.output_dir}: all num_updates={cfg.num_updates} updates are done; raise "
+                              "num_updates to train further")
         t0 = time.perf_counter()
         # 1. rollout: sample completions from the tempered policy; old log-probs from the training forward
         idx = prompt_indices(u, cfg.rollout_batch_size, len(self.prompts), cfg.seed)
@@ -177,7 +223,11 @@ class PPOTrainer:
         mask = rollout.response_mask
         # 2. score: reference log-probs, rewards, critic values (no grad)
         ref_logprobs = reference_logprobs(self.ref, rollout, cfg.temperature, cfg.micro_batch_size)
-        scores, parts = combine_scores(self.rewards, rollout.prompts, rollout.completions, rollout)
+        scores, parts = combine_scores(self.rewards, rollout.prompts, rollout.completions, rollout, nonfinite="keep")
+        skip = self._nonfinite_scores(scores, parts)  # NaN/Inf guard: nothing can be learned from this rollout
+        if skip is not None:
+            print(f"tether: update {u + 1}: {skip}; update skipped (no optimizer step)", file=sys.stderr, flush=True)
+            scores = torch.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
         if cfg.missing_eos_penalty is not None:
             scores = ops.apply_missing_eos_penalty(scores, rollout.has_eos, cfg.missing_eos_penalty,
                                                    cfg.missing_eos_mode)
@@ -204,12 +254,17 @@ class PPOTrainer:
                          ref_logprobs, values, rewards, advantages, returns)
         t_update = time.perf_counter()
         # 5. update: epochs × minibatches × micro-batches, one optimizer step per minibatch
-        train_stats = self._update(exp, rollout.query_length)
+        train_stats = self._update(exp, rollout.query_length) if skip is None else self._skipped_update()
+        if train_stats["train/optimizer_steps"] == 0 and train_stats["train/skipped_steps"] > 0:
+            self.skip_streak += 1
+            self._skip_reason = skip or self._skip_reason
+        else:
+            self.skip_streak = 0
         # 6. report, then move β and the learning rates
         seq_kl = ops.sequence_sum(ops.kl_penalty(rollout.logprobs, ref_logprobs, "k1"), mask)
         self.kl_ctl.update(float(seq_kl.mean()), plan.sequences)
         for s in self.schedulers.values():
-            s.step()
+            step_scheduler(s)
         t_end = time.perf_counter()
         n_tokens = int(mask.sum())
         metrics: dict[str, float] = {
@@ -230,11 +285,22 @@ class PPOTrainer:
             "lr/policy": self.optimizers["policy"].param_groups[0]["lr"],
             **train_stats,
         }
+        metrics["train/skipped_update"] = float(skip is not None)
+        if skip is not None:  # the zeros that stood in for NaN/Inf are not the rollout's score
+            metrics["objective/score"] = metrics["objective/rlhf_reward"] = float("nan")
         if values is not None:
             metrics["value/explained_variance"] = float(ops.explained_variance(values, returns, crit_mask))
             metrics["value/mean"] = float(ops.masked_mean(values, crit_mask))
         self.update += 1
-        self._log(metrics, rollout, scores, parts)
+        samples = self._samples(rollout, scores, parts)
+        watched = self.monitor.on_update(metrics, samples=samples, completions=rollout.completions,
+                                         policy=self.policy)
+        metrics.update(watched.metrics)  # text/* degeneration statistics, eval/* held-out scores
+        self._log(metrics, samples)
+        if watched.best:
+            self.save(self.output_dir / "best")
+        if self.skip_streak >= cfg.max_consecutive_skips:
+            raise TrainingError(self._stop_message())
         return metrics
 
     def _update(self, exp: Experience, q: int) -> dict[str, float]:
@@ -257,6 +323,7 @@ class PPOTrainer:
                 for opt in self.optimizers.values():
                     opt.zero_grad(set_to_none=True)
                 mb_kl = 0.0
+                finite = True
                 for micro_idx in plan.micro_batches(torch.arange(len(mb_idx))):
                     x = mb.select(micro_idx)
                     logits = causal_lm_logits(self.policy, x.query_response, x.attention_mask)[:, q - 1 : -1]
@@ -285,6 +352,9 @@ class PPOTrainer:
                         loss = loss + cfg.vf_coef * vf_loss
                         vshare = float(x.critic_mask.sum()) / vcounts["num_tokens"]
                         stats.update({"value/loss": float(vf_loss.detach()) / vshare, "value/clipfrac": float(vf["clipfrac"])})
+                    if not bool(torch.isfinite(loss.detach())):  # NaN/Inf guard: no backward, the step is skipped
+                        finite = False
+                        break
                     loss.backward()
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + v * share
@@ -296,7 +366,7 @@ class PPOTrainer:
                         first["policy/first_minibatch_ratio_dev"] = max(first["policy/first_minibatch_ratio_dev"], dev)
                         first["policy/first_minibatch_clipfrac"] = max(first["policy/first_minibatch_clipfrac"],
                                                                        float(pg["clipfrac"]))
-                ok = self._optimizer_step(train_policy)
+                ok = self._optimizer_step(train_policy, finite_loss=finite)
                 steps += ok
                 skipped += not ok
                 if cfg.target_kl is not None and mb_kl > cfg.target_kl:
@@ -304,7 +374,7 @@ class PPOTrainer:
                     break
             if stop:
                 break
-        out = {k: sums[k] / weights[k] for k in sums}
+        out = {k: sums[k] / weights[k] for k in sums if weights[k]}
         out.update(maxima)
         out.update(first)
         out["train/optimizer_steps"] = steps
@@ -312,8 +382,31 @@ class PPOTrainer:
         out["train/epochs_done"] = epoch + 1
         return out
 
-    def _optimizer_step(self, train_policy: bool) -> bool:
-        """Clip and apply the accumulated gradients; skip the step when any gradient is not finite."""
+    def _skipped_update(self) -> dict[str, float]:
+        """Train statistics of an update whose rollout could not be learned from (no optimizer step)."""
+        planned = self.cfg.num_ppo_epochs * self.cfg.num_minibatches
+        return {"train/optimizer_steps": 0, "train/skipped_steps": planned, "train/epochs_done": 0}
+
+    def _nonfinite_scores(self, scores: torch.Tensor, parts: dict[str, torch.Tensor]) -> Optional[str]:
+        """None when every score is finite; else which source returned what for which completion."""
+        if bool(torch.isfinite(scores).all()):
+            return None
+        for name, raw in parts.items():
+            bad = ~torch.isfinite(raw)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0])
+                return (f"reward {name!r} returned a non-finite value ({float(raw[i])}) for completion {i} "
+                        f"({int(bad.sum())} of {len(raw)})")
+        return "the weighted sum of the rewards is not finite"
+
+    def _optimizer_step(self, train_policy: bool, finite_loss: bool = True) -> bool:
+        """Clip and apply the accumulated gradients; skip the step when the loss or any gradient is not finite."""
+        if not finite_loss:
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            self._skip_reason = "non-finite loss"
+            print(f"tether: update {self.update + 1}: non-finite loss, optimizer step skipped", file=sys.stderr)
+            return False
         named = {"policy": self.policy, "critic": self.critic}
         params = {k: [p for p in m.parameters() if p.grad is not None] for k, m in named.items() if m is not None}
         for k, ps in params.items():
@@ -322,6 +415,7 @@ class PPOTrainer:
                     opt.zero_grad(set_to_none=True)
                 print(f"tether: update {self.update + 1}: non-finite {k} gradient, optimizer step skipped",
                       file=sys.stderr)
+                self._skip_reason = f"non-finite {k} gradient"
                 return False
         for k, ps in params.items():
             if self.cfg.max_grad_norm is not None and ps:
@@ -333,39 +427,134 @@ class PPOTrainer:
 
     # ---------------------------------------------------------------- loop, logs, outputs
     def train(self) -> list[dict[str, float]]:
-        """Run the remaining updates up to ``num_updates``, then save the final model. Returns the metrics."""
-        from tqdm.auto import tqdm
+        """Run the remaining updates up to ``num_updates`` with checkpoints every ``checkpoint_every`` and at the end,
+        then save the final model. Returns the metrics of every update (also those before a resume).
 
-        show = self.cfg.progress and sys.stderr.isatty()
-        bar = tqdm(total=self.cfg.num_updates, initial=self.update, desc="ppo", disable=not show, unit="update")
-        while self.update < self.cfg.num_updates:
-            m = self.step()
-            bar.update(1)
-            bar.set_postfix(score=f"{m['objective/score']:.3f}", kl=f"{m['objective/kl']:.3f}",
-                            beta=f"{m['objective/kl_coef']:.3g}", clip=f"{m.get('policy/clipfrac', 0):.3f}")
-        bar.close()
-        self.save(self.output_dir / "final")
+        SIGTERM/Ctrl-C: the current update finishes, a checkpoint is written and ``Preempted`` is raised; a second
+        signal aborts with ``KeyboardInterrupt``. ``max_consecutive_skips`` updates in a row without an optimizer step
+        (NaN/Inf) raise ``TrainingError``, leaving the last checkpoint as it was. A finished run returns at once.
+        """
+        from tether.monitor.progress import progress
+
+        cfg = self.cfg
+        if self.run.finished:
+            print(f"tether: {self.output_dir / 'final'} holds the finished run ({cfg.num_updates} updates); "
+                  "nothing to do", file=sys.stderr, flush=True)
+            return self.history
+        bar = progress(total=cfg.num_updates, desc="ppo", enabled=cfg.progress, unit="update")
+        bar.update(self.update)
+        try:
+            self._train_loop(bar)
+        except BaseException:
+            self.monitor.close(report=False)
+            raise
+        self.monitor.close()  # writes report.html
         return self.history
 
-    def _log(self, metrics: dict, rollout, scores, parts) -> None:
-        self.history.append(metrics)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
+    def _train_loop(self, bar) -> None:
+        cfg = self.cfg
+        with StopRequest() as stop:
+            while self.update < cfg.num_updates:
+                self.step()
+                bar.update(1)
+                bar.set_postfix(**self.monitor.postfix())
+                kill_point(f"after-update:{self.update}")
+                due = cfg.checkpoint_every and self.update % cfg.checkpoint_every == 0
+                if self.update < cfg.num_updates and (due or stop.requested):
+                    path = self.save_checkpoint()
+                    if stop.requested:
+                        bar.close()
+                        raise Preempted(f"pre-empted ({stop.requested}) after update {self.update} of "
+                                        f"{cfg.num_updates}; checkpoint {path} written. Run the same command again "
+                                        "to resume")
+            bar.close()
+            if self._checkpoint_path is None or self._checkpoint_step != self.update:
+                self.save_checkpoint()
+            self.save(self.output_dir / "final")
+
+    @property
+    def _checkpoint_step(self) -> Optional[int]:
+        return step_of(self._checkpoint_path) if self._checkpoint_path is not None else None
+
+    def _stop_message(self) -> str:
+        last = self._checkpoint_path or "none (the run will start over)"
+        n = self.skip_streak
+        return (f"update {self.update}: {n} update{'s' if n > 1 else ''} in a row without an optimizer step "
+                f"(last cause: {self._skip_reason}); stopped. Last good checkpoint: {last}")
+
+    def _models(self) -> dict[str, nn.Module]:
+        return {"policy": self.policy, **({"critic": self.critic} if self.critic is not None else {})}
+
+    def save_checkpoint(self) -> Path:
+        """Checkpoint the run as it stands: weights, optimizer/scheduler/KL-controller/RNG state, logs, config."""
+        state = {
+            "update": self.update,
+            "skip_streak": self.skip_streak,
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "kl_ctl": self.kl_ctl.state_dict(),
+            "rng": rng_state(),
+        }
+        found = self.run.save(self.update, self._models(), state, total=self.cfg.num_updates,
+                              keep=self.cfg.keep_checkpoints)
+        self._checkpoint_path = found.path
+        return found.path
+
+    def _resume(self) -> None:
+        """Continue from the checkpoint the run directory chose (weights, optimizers, β, RNG, logs), or start fresh.
+        On a finished run the trainer holds its final checkpoint's state (when readable); ``train()`` does nothing."""
+        if self.run.finished:
+            self.update = self.cfg.num_updates
+            self.history = read_jsonl(self.output_dir / "metrics.jsonl")
+            try:
+                found = self.run.checkpoint
+            except CheckpointError:
+                found = None
+            if found is None or found.step != self.cfg.num_updates:
+                return
+        else:
+            found = self.run.begin()
+            if found is None:
+                return
+            self.run.check_total(self.cfg.num_updates)
+        state = self.run.restore(self._models())
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        for k, sched in self.schedulers.items():
+            sched.load_state_dict(state["schedulers"][k])
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        set_rng_state(state["rng"])
+        self.update = int(state["update"])
+        self.skip_streak = int(state["skip_streak"])
+        self.history = read_jsonl(self.output_dir / "metrics.jsonl")
+        self._checkpoint_path = found.path
+
+    def _samples(self, rollout, scores, parts) -> Optional[list[dict]]:
+        """The sample-table rows of this update (every ``sample_every`` updates and the first), else None."""
         every, n = self.cfg.sample_every, self.cfg.num_samples_logged
-        if every and n and (self.update % every == 0 or self.update == 1):
-            with open(self.output_dir / "samples.jsonl", "a", encoding="utf-8") as f:
-                for i in range(min(n, len(rollout.prompts))):
-                    row = {"update": self.update, "prompt": rollout.prompts[i], "completion": rollout.completions[i],
-                           "score": float(scores[i]), **{k: float(v[i]) for k, v in parts.items()}}
-                    f.write(json.dumps(row) + "\n")
+        if not (every and n and (self.update % every == 0 or self.update == 1)):
+            return None
+        return [{"update": self.update, "prompt": rollout.prompts[i], "completion": rollout.completions[i],
+                 "score": float(scores[i]), **{k: float(v[i]) for k, v in parts.items()}}
+                for i in range(min(n, len(rollout.prompts)))]
+
+    def _log(self, metrics: dict, samples: Optional[list[dict]]) -> None:
+        self.history.append(metrics)
+        MetricsWriter(self.output_dir / "metrics.jsonl", overwrite=False).write(metrics)
+        if samples:
+            writer = MetricsWriter(self.output_dir / "samples.jsonl", overwrite=False)
+            for row in samples:
+                writer.write(row)
 
     def save(self, out_dir: str | Path) -> Path:
-        """Policy (and critic under ``critic/``) in ``save_pretrained`` format with the tokenizer and resolved config."""
+        """Policy (and critic under ``critic/``) in ``save_pretrained`` format with the tokenizer and resolved config,
+        swapped in whole (``save_model_atomic``); non-finite weights are refused."""
         from tether.algos.common import save_model_atomic
+        from tether.checkpoint import check_finite
 
+        check_finite(self._models())
+        critic = self.critic
         out = Path(out_dir)
-        save_model_atomic(self.policy, self.tokenizer, out, extra_files={"tether_config.yaml": dump(self.cfg)})
-        if self.critic is not None:
-            self.critic.save(out / "critic")
+        save_model_atomic(self.policy, self.tokenizer, out, extra_files={"tether_config.yaml": dump(self.cfg)},
+                          before_swap=(lambda tmp: critic.save(tmp / "critic")) if critic is not None else None)
         return out

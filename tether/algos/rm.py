@@ -10,13 +10,17 @@ The loop, step by step:
 4. evaluate: loss and accuracy (a tie counts as wrong), per group when the data has a group column;
 5. normalise on the reference completions (C5): fold ``s ↦ (s − μ)/σ`` (or ``s − μ``) into the model, check it,
    write ``tether_rm.json``; save atomically in ``save_pretrained`` format.
+
+Checkpoints every ``checkpoint_every`` steps and after the last (before step 5) let a re-run resume exactly
+(docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import time
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +40,9 @@ from tether.algos.common import (
     split_eval,
     torch_dtype,
 )
+from tether.algos.run_dir import read_jsonl, stage_run_dir
+from tether.algos.step_loop import StepLoop
+from tether.monitor.logger import STAGE_LOG_FILES, stage_logger
 from tether.config.base import dump
 from tether.config.rm import RMConfig
 from tether.data.preferences import collate_pairs, encode_for_reward, pad_right, tokenize_pairs
@@ -272,15 +279,35 @@ def _read_pairs(cfg: RMConfig, path: str, group_required: bool) -> list[dict]:
     return read_records(path, "preference", required=required, numeric=numeric)
 
 
+def _count_truncated(records: list[dict], examples: list[dict], tokenizer: Any, style: str, max_length: int) -> int:
+    """How many pairs lost tokens to ``max_length`` (re-encoded without the limit only when they reach it)."""
+    n = 0
+    for rec, ex in zip(records, examples):
+        for key in ("chosen", "rejected"):
+            if len(ex[f"{key}_ids"]) >= max_length and len(encode_for_reward(
+                    tokenizer, rec["prompt"], rec[key], style=style, max_length=1 << 20)) > max_length:
+                n += 1
+                break
+    return n
+
+
 def train_rm(
-    cfg: RMConfig, *, model: nn.Module | None = None, tokenizer: Any = None, progress: bool = True
+    cfg: RMConfig, *, model: nn.Module | None = None, tokenizer: Any = None, progress: bool = True,
+    restart: bool = False,
 ) -> RMResult:
     """Train a reward model as ``cfg`` says, normalise it, and save it to ``cfg.output_dir``.
 
     ``model``/``tokenizer``: objects to use instead of loading ``cfg.model`` (a passed model keeps its head unless
     ``init_head: always``; a decoder's tokenizer gets a distinct pad token). ``progress``: a tqdm bar when stderr is a
     terminal. Bad data, options or models raise ``DataError``/``ConfigError``/``ModelError`` with one line.
+    An ``output_dir`` holding checkpoints of this run is resumed (``cfg.resume``); a finished one is returned as it is;
+    ``restart=True`` discards an earlier run there. Non-finite steps raise ``TrainingError`` after
+    ``max_consecutive_skips`` in a row; SIGTERM/Ctrl-C checkpoints and raises ``Preempted``.
     """
+    out_dir = Path(cfg.output_dir)
+    run = stage_run_dir(cfg, restart=restart)
+    if run.finished:
+        return _finished(out_dir)
     set_seed(cfg.seed)
     model, tokenizer = prepare_reward_model(cfg, model, tokenizer)
     style = reward_input_style(model)
@@ -304,6 +331,11 @@ def train_rm(
                               margin_column=cfg.margin_column, group_column=cfg.group_column)
 
     train_ex, eval_ex = tok(train_records), tok(eval_records) if eval_records else []
+    cut = _count_truncated(train_records, train_ex, tokenizer, style, max_length)
+    if cut:
+        how = "prompt tokens dropped from the left first" if style == "decoder" else "longest-first"
+        log.warning("%s: %d of %d pairs are longer than max_length=%d tokens and were truncated (%s)",
+                    cfg.train_file, cut, len(train_ex), max_length, how)
 
     # 2. schedule
     micro_per_epoch = math.ceil(len(train_ex) / cfg.batch_size)
@@ -316,60 +348,69 @@ def train_rm(
     optimizer = build_optimizer(params, cfg.lr, cfg.weight_decay, eps=cfg.adam_eps)
     scheduler = build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps, total_steps)
 
-    out_dir = Path(cfg.output_dir)
-    writer = MetricsWriter(out_dir / "metrics.jsonl")
-    metrics: list[dict[str, Any]] = []
-    gen = torch.Generator().manual_seed(cfg.seed)
+    # the run: fresh, or continued from a checkpoint (weights, optimizer, schedule, data order, RNG, logs)
+    loop = StepLoop(run, cfg, {"model": model}, optimizer, scheduler, total_steps)
+    writer = MetricsWriter(out_dir / "metrics.jsonl", overwrite=loop.fresh)
+    watch = stage_logger(out_dir, cfg, "rm")  # TensorBoard, run_info.json; the report once the model is saved
+    metrics: list[dict[str, Any]] = read_jsonl(out_dir / "metrics.jsonl")
     bar = progress_bar(total_steps, progress, desc="rm")
-    start = time.perf_counter()
-    step, ev = 0, None
+    bar.update(loop.step)
+    ev = loop.extra.get("ev")
     model.train()
 
     # 3. optimise
-    for epoch in range(cfg.num_epochs):
-        order = torch.randperm(len(train_ex), generator=gen).tolist()
-        micro = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-        for g in range(0, len(micro), cfg.grad_accum):
-            group = micro[g : g + cfg.grad_accum]
-            n_pairs = sum(len(mb) for mb in group)
-            step_loss, step_acc, step_margin = 0.0, 0.0, 0.0
-            for mb in group:
-                b = _to(collate_pairs([train_ex[i] for i in mb], pad_id), device)
-                scores = sequence_scores(model, b["input_ids"], b["attention_mask"])
-                n = scores.shape[0] // 2
-                margin = b["margin"] if cfg.margin_column else None
-                loss, stats = bradley_terry_loss(scores[:n], scores[n:], margin)
-                (loss * (n / n_pairs)).backward()
-                w = n / n_pairs
-                step_loss += float(loss.detach()) * w
-                step_acc += float(stats["accuracy"]) * w
-                step_margin += float(stats["margin"]) * w
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", acc=f"{step_acc:.2f}")
-            last = step == total_steps
-            record: dict[str, Any] = {}
-            if step % cfg.log_every == 0 or last:
-                record |= {"step": step, "epoch": epoch + (g + len(group)) / max(1, len(micro)), "loss": step_loss,
-                           "accuracy": step_acc, "margin": step_margin, "lr": lr, "grad_norm": float(norm),
-                           "elapsed_s": round(time.perf_counter() - start, 3)}
-            if eval_ex and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
-                ev = evaluate_pairs(model, eval_ex, pad_id, cfg.eval_batch_size)
-                record |= {"step": step, "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"]}
-                record |= {f"eval_accuracy/{k}": v for k, v in ev["group_accuracy"].items()}
-            if record:
-                metrics.append(writer.write(record))
-            if last:
-                break
-        if step >= total_steps:
-            break
+    try:
+        with loop:
+            for epoch, micro, first in loop.epochs(len(train_ex), cfg.batch_size):
+                for g in range(first, len(micro), cfg.grad_accum):
+                    group = micro[g : g + cfg.grad_accum]
+                    n_pairs = sum(len(mb) for mb in group)
+                    step_loss, step_acc, step_margin, finite = 0.0, 0.0, 0.0, True
+                    for mb in group:
+                        b = _to(collate_pairs([train_ex[i] for i in mb], pad_id), device)
+                        scores = sequence_scores(model, b["input_ids"], b["attention_mask"])
+                        n = scores.shape[0] // 2
+                        margin = b["margin"] if cfg.margin_column else None
+                        loss, stats = bradley_terry_loss(scores[:n], scores[n:], margin)
+                        if not bool(torch.isfinite(loss.detach())):  # NaN/Inf guard: no backward, the step is skipped
+                            finite = False
+                            break
+                        (loss * (n / n_pairs)).backward()
+                        w = n / n_pairs
+                        step_loss += float(loss.detach()) * w
+                        step_acc += float(stats["accuracy"]) * w
+                        step_margin += float(stats["margin"]) * w
+                    lr = scheduler.get_last_lr()[0]
+                    norm, stepped = loop.optimizer_step(params, cfg.max_grad_norm, finite)
+                    step = loop.step
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{step_loss:.4f}", acc=f"{step_acc:.2f}")
+                    last = step == total_steps
+                    record: dict[str, Any] = {}
+                    if step % cfg.log_every == 0 or last or not stepped:
+                        record |= {"step": step, "epoch": epoch + (g + len(group)) / max(1, len(micro)),
+                                   "loss": step_loss if stepped else float("nan"), "accuracy": step_acc,
+                                   "margin": step_margin, "lr": lr, "grad_norm": norm,
+                                   "time/elapsed_s": round(loop.elapsed(), 3)}
+                        if not stepped:
+                            record["skipped"] = 1
+                    if eval_ex and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+                        ev = evaluate_pairs(model, eval_ex, pad_id, cfg.eval_batch_size)
+                        record |= {"step": step, "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"]}
+                        record |= {f"eval_accuracy/{k}": v for k, v in ev["group_accuracy"].items()}
+                    if record:
+                        metrics.append(writer.write(record))
+                        watch.on_update(metrics[-1])
+                    loop.after_step(g + cfg.grad_accum, ev=ev)
+                    if last:
+                        break
+            loop.finish(ev=ev)
+    except BaseException:
+        watch.close(report=False)
+        raise
     bar.close()
     model.eval()
+    step = loop.step
 
     # 4. normalise on the reference completions (C5), then check the fold kept the accuracy
     stats = None
@@ -397,7 +438,9 @@ def train_rm(
         "eval": None if ev is None else {k: ev[k] for k in ("accuracy", "loss", "n", "group_accuracy", "group_n")},
     }
     save_model_atomic(model, tokenizer, out_dir,
-                      extra_files={"tether_config.yaml": dump(cfg), "tether_rm.json": summary})
+                      extra_files={"tether_config.yaml": dump(cfg), "tether_rm.json": summary},
+                      keep=("metrics.jsonl", "checkpoints", *STAGE_LOG_FILES))
+    watch.close()
     return RMResult(
         output_dir=out_dir,
         accuracy=None if ev is None else ev["accuracy"],
@@ -407,3 +450,17 @@ def train_rm(
         steps=step,
         metrics=metrics,
     )
+
+
+def _finished(out_dir: Path) -> RMResult:
+    """The result of a run that had already finished (read back from tether_rm.json and metrics.jsonl)."""
+    print(f"tether: {out_dir} holds the finished run; nothing to do", file=sys.stderr, flush=True)
+    try:
+        summary = json.loads((out_dir / "tether_rm.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        summary = {}
+    ev = summary.get("eval") or {}
+    metrics = read_jsonl(out_dir / "metrics.jsonl")
+    return RMResult(output_dir=out_dir, accuracy=ev.get("accuracy"), group_accuracy=ev.get("group_accuracy") or {},
+                    eval_loss=ev.get("loss"), normalization=summary.get("normalization"),
+                    steps=max((m.get("step", 0) for m in metrics), default=0), metrics=metrics)

@@ -4,7 +4,8 @@ The loop, step by step:
 1. load the model and tokenizer (a distinct pad token, dropout off), read and validate the data, hold out an eval split;
 2. tokenise (prompt tokens masked, one EOS at the end of each completion), optionally pack;
 3. for each optimizer step: ``grad_accum`` right-padded micro-batches, loss = token mean over all their targets;
-4. clip, step, schedule, log to ``metrics.jsonl``; evaluate every ``eval_every`` steps and at the end;
+4. clip, step, schedule, log to ``metrics.jsonl``; evaluate every ``eval_every`` steps and at the end; checkpoint
+   every ``checkpoint_every`` steps and at the end (a re-run resumes from the newest; docs/reliability.md);
 5. save the model atomically in ``save_pretrained`` format with the tokenizer and ``tether_config.yaml``.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,9 @@ from tether.algos.common import (
     split_eval,
     torch_dtype,
 )
+from tether.algos.run_dir import read_jsonl, stage_run_dir
+from tether.algos.step_loop import StepLoop
+from tether.monitor.logger import STAGE_LOG_FILES, stage_logger
 from tether.config.base import dump
 from tether.config.sft import SFTConfig
 from tether.data.readers import read_records
@@ -160,14 +164,22 @@ def _eval_records(cfg: SFTConfig, records: list[dict]) -> tuple[list[dict], list
 
 
 def train_sft(
-    cfg: SFTConfig, *, model: nn.Module | None = None, tokenizer: Any = None, progress: bool = True
+    cfg: SFTConfig, *, model: nn.Module | None = None, tokenizer: Any = None, progress: bool = True,
+    restart: bool = False,
 ) -> SFTResult:
     """Fine-tune a causal LM as ``cfg`` says and save it to ``cfg.output_dir``.
 
     ``model``/``tokenizer``: objects to use instead of loading ``cfg.model`` (a passed model keeps its dtype; the
     tokenizer gets a pad token added when it lacks a distinct one). ``progress``: a tqdm bar when stderr is a terminal.
-    Raises ``DataError``/``ConfigError``/``ModelError`` with a one-line message for bad data, options or models.
+    An ``output_dir`` holding checkpoints of this run is resumed (``cfg.resume``); a finished one is returned as it is;
+    ``restart=True`` discards an earlier run there. Raises ``DataError``/``ConfigError``/``ModelError`` with a one-line
+    message for bad data, options or models, ``TrainingError`` after ``max_consecutive_skips`` non-finite steps, and
+    ``Preempted`` after a SIGTERM/Ctrl-C checkpoint.
     """
+    out_dir = Path(cfg.output_dir)
+    run = stage_run_dir(cfg, restart=restart)
+    if run.finished:
+        return _finished(out_dir)
     set_seed(cfg.seed)
     model, tokenizer = prepare_causal_lm(cfg, model, tokenizer)
     device = next(model.parameters()).device
@@ -203,60 +215,82 @@ def train_sft(
     optimizer = build_optimizer(params, cfg.lr, cfg.weight_decay, eps=cfg.adam_eps)
     scheduler = build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps, total_steps)
 
-    out_dir = Path(cfg.output_dir)
-    writer = MetricsWriter(out_dir / "metrics.jsonl")
-    metrics: list[dict[str, Any]] = []
+    # the run: fresh, or continued from a checkpoint (weights, optimizer, schedule, data order, RNG, logs)
+    loop = StepLoop(run, cfg, {"model": model}, optimizer, scheduler, total_steps)
+    writer = MetricsWriter(out_dir / "metrics.jsonl", overwrite=loop.fresh)
+    watch = stage_logger(out_dir, cfg, "sft")  # TensorBoard, run_info.json; the report once the model is saved
+    metrics: list[dict[str, Any]] = read_jsonl(out_dir / "metrics.jsonl")
     pad_id = tokenizer.pad_token_id
-    gen = torch.Generator().manual_seed(cfg.seed)
     bar = progress_bar(total_steps, progress, desc="sft")
-    start = time.perf_counter()
-    step, train_loss, eval_loss = 0, None, None
+    bar.update(loop.step)
+    train_loss, eval_loss = loop.extra.get("train_loss"), loop.extra.get("eval_loss")
     model.train()
 
     # 3. optimise
-    for epoch in range(cfg.num_epochs):
-        order = torch.randperm(len(rows), generator=gen).tolist()
-        micro = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-        for g in range(0, len(micro), cfg.grad_accum):
-            batches = [
-                {k: v.to(device) for k, v in
-                 collate_sft([rows[i] for i in mb], pad_id, completion_only=completion_only).items()}
-                for mb in micro[g : g + cfg.grad_accum]
-            ]
-            n_tokens = sum(int(b["loss_mask"][:, 1:].sum()) for b in batches)
-            step_loss = 0.0
-            for b in batches:
-                loss = sft_loss(lm_logits(model, b), b["labels"], b["loss_mask"], num_tokens=n_tokens)
-                loss.backward()
-                step_loss += float(loss.detach())
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            train_loss = step_loss
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}")
-            last = step == total_steps
-            record: dict[str, Any] = {}
-            if step % cfg.log_every == 0 or last:
-                record |= {"step": step, "epoch": epoch + (g + len(batches)) / max(1, len(micro)),
-                           "loss": step_loss, "lr": lr, "grad_norm": float(norm), "tokens": n_tokens,
-                           "elapsed_s": round(time.perf_counter() - start, 3)}
-            if eval_ex and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
-                eval_loss = evaluate_sft(model, eval_ex, pad_id, completion_only=completion_only,
-                                         batch_size=cfg.eval_batch_size)
-                record |= {"step": step, "eval_loss": eval_loss}
-            if record:
-                metrics.append(writer.write(record))
-            if last:
-                break
-        if step >= total_steps:
-            break
+    try:
+        with loop:
+            for epoch, micro, first in loop.epochs(len(rows), cfg.batch_size):
+                for g in range(first, len(micro), cfg.grad_accum):
+                    batches = [
+                        {k: v.to(device) for k, v in
+                         collate_sft([rows[i] for i in mb], pad_id, completion_only=completion_only).items()}
+                        for mb in micro[g : g + cfg.grad_accum]
+                    ]
+                    n_tokens = sum(int(b["loss_mask"][:, 1:].sum()) for b in batches)
+                    step_loss, finite = 0.0, True
+                    for b in batches:
+                        loss = sft_loss(lm_logits(model, b), b["labels"], b["loss_mask"], num_tokens=n_tokens)
+                        if not bool(torch.isfinite(loss.detach())):  # NaN/Inf guard: no backward, the step is skipped
+                            finite = False
+                            break
+                        loss.backward()
+                        step_loss += float(loss.detach())
+                    lr = scheduler.get_last_lr()[0]
+                    norm, stepped = loop.optimizer_step(params, cfg.max_grad_norm, finite)
+                    step = loop.step
+                    if stepped:
+                        train_loss = step_loss
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{step_loss:.4f}")
+                    last = step == total_steps
+                    record: dict[str, Any] = {}
+                    if step % cfg.log_every == 0 or last or not stepped:
+                        record |= {"step": step, "epoch": epoch + (g + len(batches)) / max(1, len(micro)),
+                                   "loss": step_loss if stepped else float("nan"), "lr": lr, "grad_norm": float(norm),
+                                   "tokens": n_tokens, "time/elapsed_s": round(loop.elapsed(), 3)}
+                        if not stepped:
+                            record["skipped"] = 1
+                    if eval_ex and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+                        eval_loss = evaluate_sft(model, eval_ex, pad_id, completion_only=completion_only,
+                                                 batch_size=cfg.eval_batch_size)
+                        record |= {"step": step, "eval_loss": eval_loss}
+                    if record:
+                        metrics.append(writer.write(record))
+                        watch.on_update(metrics[-1])
+                    loop.after_step(g + cfg.grad_accum, train_loss=train_loss, eval_loss=eval_loss)
+                    if last:
+                        break
+            loop.finish(train_loss=train_loss, eval_loss=eval_loss)
+    except BaseException:
+        watch.close(report=False)
+        raise
     bar.close()
     model.eval()
 
     # 4. save
-    save_model_atomic(model, tokenizer, out_dir, extra_files={"tether_config.yaml": dump(cfg)})
-    return SFTResult(output_dir=out_dir, eval_loss=eval_loss, train_loss=train_loss, steps=step, metrics=metrics)
+    save_model_atomic(model, tokenizer, out_dir, extra_files={"tether_config.yaml": dump(cfg)},
+                      keep=("metrics.jsonl", "checkpoints", *STAGE_LOG_FILES))
+    watch.close()
+    return SFTResult(output_dir=out_dir, eval_loss=eval_loss, train_loss=train_loss, steps=loop.step,
+                     metrics=metrics)
+
+
+def _finished(out_dir: Path) -> SFTResult:
+    """The result of a run that had already finished (read back from its metrics.jsonl)."""
+    print(f"tether: {out_dir} holds the finished run; nothing to do", file=sys.stderr, flush=True)
+    metrics = read_jsonl(out_dir / "metrics.jsonl")
+    losses = [m["loss"] for m in metrics if m.get("loss") is not None]
+    evals = [m["eval_loss"] for m in metrics if m.get("eval_loss") is not None]
+    return SFTResult(output_dir=out_dir, eval_loss=evals[-1] if evals else None,
+                     train_loss=losses[-1] if losses else None,
+                     steps=max((m.get("step", 0) for m in metrics), default=0), metrics=metrics)

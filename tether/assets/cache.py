@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from importlib.util import find_spec
@@ -34,8 +33,10 @@ def cache_dir() -> Path:
 
 
 def step(message: str) -> None:
-    """Print one progress line to stderr (always, TTY or not)."""
-    print(f"[tether] {message}", file=sys.stderr, flush=True)
+    """Print one progress line to stderr (always, TTY or not), above any progress bar being drawn."""
+    from tether.monitor.progress import say
+
+    say(f"[tether] {message}")
 
 
 def package_dir(module: str, dist: str, version: str, no_deps: bool = False) -> Path:

@@ -80,19 +80,27 @@ def _build(out: Path, bars: bool) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tether.monitor.progress import progress
+
     start = time.perf_counter()
-    with _progress_bars(bars):
+    bar = progress(total=5, desc="smollm2 build", enabled=bars, unit="step")
+    with _progress_bars(bars), bar:
         step(f"smollm2: loading tokenizer from {gguf}")
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        bar.update(1)
         step("smollm2: dequantising Q4_1 GGUF to fp32 (about 15 s)")
         quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        bar.update(1)
         step("smollm2: copying weights into a clean model")
         model = strip_quantization(quantised)
+        bar.update(1)
         step(f"smollm2: saving safetensors and tokenizer to {out.parent / NAME}")
         model.save_pretrained(out)
         tok.save_pretrained(out)
+        bar.update(1)
         step("smollm2: verifying the saved checkpoint")
         meta = _verify(out, quantised)
+        bar.update(1)
     meta["build_seconds"] = round(time.perf_counter() - start, 1)
     step(f"smollm2: done in {meta['build_seconds']} s")
     return meta

@@ -10,10 +10,10 @@ from __future__ import annotations
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from tether.errors import ConfigError
 
@@ -30,6 +30,16 @@ class Section(BaseModel):
         validate_default=True,
         protected_namespaces=(),
     )
+
+
+def _resume_spec(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be auto, never, or the path of a checkpoint directory")
+    return value.strip()
+
+
+ResumeSpec = Annotated[str, AfterValidator(_resume_spec)]
+"""The type of every stage's ``resume`` option: ``auto``, ``never`` or a checkpoint directory."""
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:

@@ -85,14 +85,17 @@ DEMO_STAGES: dict[str, dict[str, Any]] = {
            "normalize": "shift_scale", "eval_batch_size": 64, "log_every": 10},
     "ppo": {"advantage": "rloo", "samples_per_prompt": 2, "num_updates": 40, "rollout_batch_size": 8,
             "micro_batch_size": 8, "num_minibatches": 1, "num_ppo_epochs": 1, "response_length": 16,
-            "max_prompt_length": 32, "lr": 5e-5, "kl_coef": 0.03, "temperature": 0.7, "sample_every": 4},
+            "max_prompt_length": 32, "lr": 5e-5, "kl_coef": 0.03, "temperature": 0.7, "sample_every": 4,
+            # held-out judges every 10 updates (on the demo's held-out prompts): the report's √KL view
+            "monitor": {"eval_every": 10, "eval_num_prompts": 32, "judges": ["vader", "textblob"]}},
 }
 DEMO_QUICK: dict[str, Any] = {
     "n_sft_train": 200, "n_pairs_train": 300, "n_pairs_eval": 100, "n_prompts_train": 64, "n_prompts_eval": 16,
     "eval_samples": 1,
     "sft": {"max_steps": 4, "warmup_steps": 1},
     "rm": {"max_steps": 8, "warmup_steps": 1},
-    "ppo": {"num_updates": 2, "rollout_batch_size": 4, "response_length": 12},
+    "ppo": {"num_updates": 2, "rollout_batch_size": 4, "response_length": 12,
+            "monitor": {"eval_every": 2, "eval_num_prompts": 4}},
 }
 
 
@@ -169,6 +172,9 @@ class DemoConfig(Section):
         if rm["model"] == "minilm":
             rm["model"] = _minilm_dir()
         _wire(ppo, "prompts", f"{d}/prompts_train.jsonl", "ppo", "demo data; set n_prompts_train")
+        monitor = ppo.setdefault("monitor", {})
+        if isinstance(monitor, dict) and monitor.get("eval_every") and not monitor.get("eval_prompts"):
+            monitor["eval_prompts"] = f"{d}/prompts_eval.jsonl"
         data["sft"], data["rm"], data["ppo"] = wire_stages(data, out)
         return data
 

@@ -6,11 +6,12 @@ such departure says why in its docstring.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from tether.config.base import Section
+from tether.config.base import ResumeSpec, Section
+from tether.config.monitor import MonitorConfig
 
 Estimator = Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
 GROUP = {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"}
@@ -164,6 +165,30 @@ class PPOConfig(Section):
     """Completions per sample table."""
     progress: bool = True
     """Show a progress bar when stderr is a terminal."""
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    """TensorBoard/W&B logs, held-out evaluation and the best checkpoint, alarms, the end-of-run report, and the
+    pre-flight checks (docs/monitoring.md)."""
+
+    # --- checkpoints and resume (docs/reliability.md) ---------------------------------------------
+    resume: ResumeSpec = "auto"
+    """`auto`: continue from the newest good checkpoint in output_dir (a finished run is left as it is); `never`:
+    start over, refusing an output_dir that already holds a run; or the path of a checkpoint directory to continue
+    from."""
+    checkpoint_every: int = Field(5, ge=0)
+    """Write a checkpoint (`output_dir/checkpoints/update-N/`) every this many updates and after the last; 0: only
+    after the last."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Checkpoints kept on disk (the newest); older ones are deleted once a newer one is complete."""
+    max_consecutive_skips: int = Field(3, ge=1)
+    """Stop the run (exit code 3, last checkpoint kept) after this many updates in a row in which no optimizer step
+    could be taken because a reward, loss or gradient was NaN/Inf."""
+
+    RESUME_SAFE: ClassVar[frozenset[str]] = frozenset({
+        "output_dir", "resume", "progress", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips",
+        "sample_every", "num_samples_logged", "monitor"})
+    """Fields a resumed run may change: they move outputs or logs, never the trained weights."""
+    RUN_LENGTH: ClassVar[frozenset[str]] = frozenset({"num_updates"})
+    """Fields that may grow on resume when the learning-rate schedule does not depend on them (`constant`)."""
 
     @model_validator(mode="after")
     def _cross_field(self) -> "PPOConfig":

@@ -5,11 +5,11 @@ Defaults are sized for a small backbone (e.g. all-MiniLM-L6-v2) on a 2-core CPU.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from tether.config.base import Section
+from tether.config.base import ResumeSpec, Section
 
 
 class RMConfig(Section):
@@ -86,6 +86,27 @@ class RMConfig(Section):
     """Evaluate every this many optimizer steps; null: only at the end."""
     eval_batch_size: int = Field(16, ge=1)
     """Pairs per forward when evaluating and when scoring the reference completions."""
+
+    # --- checkpoints and resume (docs/reliability.md) -------------------------------------------
+    resume: ResumeSpec = "auto"
+    """`auto`: continue from the newest good checkpoint in output_dir (a finished run is left as it is); `never`:
+    start over, refusing an output_dir that already holds a run; or the path of a checkpoint directory to continue
+    from."""
+    checkpoint_every: int = Field(100, ge=0)
+    """Write a checkpoint (`output_dir/checkpoints/step-N/`) every this many optimizer steps and after the last; 0:
+    only after the last."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Checkpoints kept on disk (the newest); older ones are deleted once a newer one is complete."""
+    max_consecutive_skips: int = Field(5, ge=1)
+    """Stop the run (exit code 3, last checkpoint kept) after this many optimizer steps in a row skipped because the
+    loss or a gradient was NaN/Inf."""
+
+    RESUME_SAFE: ClassVar[frozenset[str]] = frozenset({
+        "output_dir", "resume", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips", "log_every",
+        "eval_every", "eval_batch_size"})
+    """Fields a resumed run may change: they move outputs, checkpoints or logs, never the trained weights."""
+    RUN_LENGTH: ClassVar[frozenset[str]] = frozenset({"num_epochs", "max_steps"})
+    """Fields that may grow on resume when the learning-rate schedule does not depend on them (`constant`)."""
 
     @model_validator(mode="after")
     def _check(self) -> "RMConfig":

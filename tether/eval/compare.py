@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -59,11 +60,13 @@ class EvalConfig(Section):
         return self
 
 
-def _load(path: str):
+def _load(path: str, progress: bool = True):
     from tether.models.load import disable_dropout, ensure_pad_token, load_causal_lm, load_tokenizer
+    from tether.monitor.progress import library_bars
 
     tok = load_tokenizer(path)
-    model = load_causal_lm(path)
+    with library_bars(progress):
+        model = load_causal_lm(path)
     ensure_pad_token(tok, "add")
     from tether.models.load import resize_for_tokenizer
 
@@ -83,8 +86,9 @@ def _ci(values, seed: int) -> dict:
 
 @torch.no_grad()
 def sample_and_score(model, tok, ref, prompts: list[str], *, response_length: int, temperature: float,
-                     max_prompt_length: int, micro_batch_size: int, seed: int) -> list[dict]:
-    """Sample one completion per prompt row; return per-completion KL to ``ref`` and reference NLL."""
+                     max_prompt_length: int, micro_batch_size: int, seed: int, bar=None) -> list[dict]:
+    """Sample one completion per prompt row; return per-completion KL to ``ref`` and reference NLL.
+    ``bar``: a progress bar advanced by the number of prompts of each batch."""
     from tether.algos.batching import derive_seed
     from tether.rollout.generate import encode_prompts, generate, response_logprobs
 
@@ -107,6 +111,8 @@ def sample_and_score(model, tok, ref, prompts: list[str], *, response_length: in
             rows.append({"prompt": texts[i], "completion": ro.completions[i], "tokens": n,
                          "has_eos": bool(ro.has_eos[i]), "kl": float(kl[i]),
                          "ref_nll": float(nll[i]), "ref_ppl": math.exp(float(nll[i]) / n) if n else None})
+        if bar is not None:
+            bar.update(len(texts))
     return rows
 
 
@@ -122,6 +128,8 @@ def evaluate_policies(policies: dict[str, str], prompts: list[str], judges: list
     """
     from tether.eval.judges import get_judge
     from tether.eval.stats import paired_bootstrap_diff
+    from tether.monitor.progress import library_bars
+    from tether.monitor.progress import progress as progress_bar
     from tether.rewards.reward_model import RewardModelScorer, same_tokenizer
 
     if not policies:
@@ -129,18 +137,23 @@ def evaluate_policies(policies: dict[str, str], prompts: list[str], judges: list
     if not prompts:
         raise ConfigError("prompts: the prompt set is empty")
     judge_fns = {name: get_judge(name) for name in judges}
-    ref, ref_tok = _load(reference_path)
+    ref, ref_tok = _load(reference_path, progress)
     if ref.dtype != torch.float32:
         ref = ref.float()
-    rm = RewardModelScorer.from_path(reward_model_path) if reward_model_path else None
+    with library_bars(progress):
+        rm = RewardModelScorer.from_path(reward_model_path) if reward_model_path else None
     texts = [p for p in prompts for _ in range(n_samples)]
     samples: dict[str, list[dict]] = {}
+    bar = progress_bar(total=len(texts) * len(policies), desc="eval", enabled=progress, unit="completion")
     for name, path in policies.items():
-        model, tok = (ref, ref_tok) if str(path) == str(reference_path) else _load(path)
+        model, tok = (ref, ref_tok) if str(path) == str(reference_path) else _load(path, progress)
         if not same_tokenizer(tok, ref_tok):
+            bar.close()
             raise ModelError(f"{path}: policy {name!r} does not share the reference's tokenizer ({reference_path})")
+        bar.set_description(f"eval {name}")
         rows = sample_and_score(model, ref_tok, ref, texts, response_length=response_length, temperature=temperature,
-                                max_prompt_length=max_prompt_length, micro_batch_size=micro_batch_size, seed=seed)
+                                max_prompt_length=max_prompt_length, micro_batch_size=micro_batch_size, seed=seed,
+                                bar=bar)
         comps = [r["completion"] for r in rows]
         for jn, fn in judge_fns.items():
             for r, s in zip(rows, fn(comps)):
@@ -155,7 +168,9 @@ def evaluate_policies(policies: dict[str, str], prompts: list[str], judges: list
         if model is not ref:
             del model
         if progress:
-            print(f"[eval] {name}: {len(rows)} completions scored", flush=True)
+            bar.write(f"[eval] {name}: {len(rows)} completions scored", file=sys.stdout)
+            sys.stdout.flush()
+    bar.close()
 
     metrics = [*judges, *(["rm"] if rm is not None else []), "kl", "ref_ppl", "tokens"]
     summary = {name: {m: _ci([r[m] for r in rows if r.get(m) is not None], seed) for m in metrics}

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from tether.errors import ModelError
+from tether.monitor.progress import library_bars
 
 PAD_TOKEN = "<|pad|>"
 
@@ -52,11 +53,20 @@ def ensure_pad_token(tokenizer, pad_policy: str = "add") -> bool:
     return True
 
 
-def resize_for_tokenizer(model: nn.Module, tokenizer) -> None:
-    """Grow the input (and tied output) embeddings so every token id of ``tokenizer`` has a row."""
-    emb = model.get_input_embeddings()
-    if emb.num_embeddings < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+def resize_for_tokenizer(model: nn.Module, tokenizer, what: str = "model") -> None:
+    """Grow the input (and tied output) embeddings so every token id of ``tokenizer`` has a row.
+
+    Only tokens added to the tokenizer (a pad token) get new rows: a base vocabulary larger than the model's
+    embeddings means the model was not trained with this tokenizer, and a one-line ``ModelError`` says so.
+    """
+    n = model.get_input_embeddings().num_embeddings
+    if n >= len(tokenizer):
+        return
+    base = getattr(tokenizer, "vocab_size", None)
+    if isinstance(base, int) and base > n:
+        raise ModelError(f"{what}: tokenizer has {base} tokens but the model embeds only {n}; "
+                         "they do not belong together")
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
 
 
 def disable_dropout(model: nn.Module) -> nn.Module:
@@ -81,9 +91,10 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32, trust_r
 
     p = _check_dir(path, "model")
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(p), dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
-        )
+        with library_bars():  # transformers' "Loading weights" bar only on a terminal
+            model = AutoModelForCausalLM.from_pretrained(
+                str(p), dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+            )
     except Exception as err:
         raise ModelError(f"{p}: cannot load causal LM ({type(err).__name__}: {str(err).splitlines()[0]})") from None
     return disable_dropout(model).eval()
@@ -98,9 +109,10 @@ def load_sequence_classifier(path: str | Path, dtype: torch.dtype = torch.float3
 
     p = _check_dir(path, "reward model")
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(p), num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
-        )
+        with library_bars():  # transformers' "Loading weights" bar only on a terminal
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(p), num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+            )
     except Exception as err:
         raise ModelError(f"{p}: cannot load reward model ({type(err).__name__}: {str(err).splitlines()[0]})") from None
     if model.config.num_labels != 1:

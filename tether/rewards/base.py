@@ -30,7 +30,7 @@ class RewardSource:
     normalize: str = "none"
 
 
-def _as_scores(name: str, raw: Any, n: int) -> Tensor:
+def _as_scores(name: str, raw: Any, n: int, nonfinite: str = "raise") -> Tensor:
     try:
         scores = torch.as_tensor(raw if isinstance(raw, Tensor) else list(raw), dtype=torch.float32).detach().cpu()
     except (TypeError, ValueError) as err:
@@ -39,18 +39,20 @@ def _as_scores(name: str, raw: Any, n: int) -> Tensor:
     if scores.dim() != 1 or scores.shape[0] != n:
         raise RewardError(f"reward {name!r}: returned {tuple(scores.shape)} values for {n} completions")
     bad = ~torch.isfinite(scores)
-    if bool(bad.any()):
+    if nonfinite == "raise" and bool(bad.any()):
         i = int(bad.nonzero()[0])
         raise RewardError(f"reward {name!r}: non-finite value {float(scores[i])} for completion {i}")
     return scores
 
 
 def combine_scores(
-    sources: list[RewardSource], prompts: list[str], completions: list[str], rollout=None
+    sources: list[RewardSource], prompts: list[str], completions: list[str], rollout=None, *,
+    nonfinite: str = "raise",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Call every source, check its output (B finite floats), normalise if asked and sum with weights.
 
     Returns ``(combined (B,), {name: raw scores (B,)})``; raw per-source scores are what the logs show.
+    ``nonfinite="keep"`` passes NaN/Inf scores through (the PPO trainer then skips the update) instead of raising.
     """
     n = len(completions)
     total = torch.zeros(n)
@@ -60,7 +62,7 @@ def combine_scores(
             raw = src.fn.score_rollout(rollout)
         else:
             raw = src.fn(prompts, completions)
-        scores = _as_scores(src.name, raw, n)
+        scores = _as_scores(src.name, raw, n, nonfinite)
         parts[src.name] = scores
         if src.normalize == "batch" and n > 1:
             scores = (scores - scores.mean()) / (scores.std(unbiased=False) + 1e-8)

@@ -63,7 +63,7 @@ def sampling_config(model: nn.Module, tokenizer, *, response_length: int, temper
     gen.num_beams = 1
     gen.max_new_tokens = response_length
     gen.max_length = None
-    gen.min_new_tokens = None if stop_at_eos else response_length
+    gen.min_new_tokens = None  # with stop_at_eos off there is no EOS criterion: every row runs to max_new_tokens
     gen.min_length = 0
     gen.bad_words_ids = None
     gen.suppress_tokens = None

@@ -1,0 +1,115 @@
+"""Seconds per PPO update and peak memory of tether on a fixed small workload (S1), for a tiny model and SmolLM2.
+
+S1: 8 prompts of ~12 tokens, 32 sampled tokens with EOS disabled (fixed work), T = 0.7; policy + frozen reference +
+critic (initialised from the policy) + a Python reward (no reward model); GAE; 1 PPO epoch over one minibatch of 8
+in one micro-batch; fp32; 2 threads. One warm-up update, then ``--updates`` timed updates (median reported).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/step_timing.py --models tiny,smollm2 --updates 2
+
+Each model runs in its own subprocess so that peak RSS (``ru_maxrss`` of that child, via ``os.wait4``) is its own.
+The tiny model is a random 2-layer Llama (d = 64) around the real GPT-2 tokenizer; SmolLM2 comes from the offline
+asset cache (``tether.assets.smollm2_path``). Prints one table and writes ``--out`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+PROMPTS = ["The movie was", "I think that the film", "Honestly, the acting", "The ending of this story",
+           "My favourite scene", "The director clearly", "If you like slow films,", "The soundtrack"]
+THREADS = 2
+
+
+def _reward(prompts: list[str], completions: list[str]) -> list[float]:
+    return [float(c.count(" ")) / 10 for c in completions]
+
+
+def _model_dir(name: str, work: Path) -> Path:
+    if name == "smollm2":
+        from tether.assets.smollm2 import smollm2_path
+
+        return smollm2_path()
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tether.assets.gpt2_tokenizer import gpt2_tokenizer
+
+    tok = gpt2_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok) + 1, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=True)
+    out = work / "tiny"
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def worker(name: str, updates: int) -> dict:
+    import torch
+
+    from tether import PPOConfig, PPOTrainer
+
+    torch.set_num_threads(THREADS)
+    work = Path(tempfile.mkdtemp(prefix="tether-steptiming-"))
+    cfg = PPOConfig(
+        num_updates=updates + 1, rollout_batch_size=8, num_minibatches=1, micro_batch_size=8, num_ppo_epochs=1,
+        response_length=32, stop_at_eos=False, temperature=0.7, advantage="gae", output_dir=str(work / "run"),
+        progress=False, sample_every=0,
+    )
+    trainer = PPOTrainer(cfg, policy=str(_model_dir(name, work)), reward=_reward, prompts=PROMPTS)
+    params = sum(p.numel() for p in trainer.policy.parameters())
+    runs = [trainer.step() for _ in range(updates + 1)][1:]
+    total = [m["time/rollout_s"] + m["time/score_s"] + m["time/update_s"] for m in runs]
+    med = statistics.median
+    return {
+        "model": name, "policy_params_m": params / 1e6, "updates_timed": len(runs),
+        "s_per_update": med(total), "all_s": [round(t, 3) for t in total],
+        "rollout_and_scoring_s": med(m["time/rollout_s"] for m in runs),
+        "rewards_advantages_s": med(m["time/score_s"] for m in runs),
+        "update_s": med(m["time/update_s"] for m in runs),
+        "tokens_per_s": med(m["perf/tokens_per_s"] for m in runs),
+    }
+
+
+def _run_child(name: str, updates: int) -> dict:
+    cmd = [sys.executable, __file__, "--_worker", name, "--updates", str(updates)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"step_timing: the {name} worker failed (status {status})")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_rss_gib"] = usage.ru_maxrss / 2**20  # Linux reports KiB
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="tiny,smollm2")
+    ap.add_argument("--updates", type=int, default=2, help="timed updates after one warm-up")
+    ap.add_argument("--out", default="runs/bench/step_timing.json")
+    ap.add_argument("--_worker", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a._worker:
+        print(json.dumps(worker(a._worker, a.updates)))
+        return
+    rows = [_run_child(name, a.updates) for name in a.models.split(",")]
+    print(f"{'model':8} {'params M':>9} {'s/update':>9} {'rollout+score':>14} {'update':>8} {'tok/s':>7} {'peak GiB':>9}")
+    for r in rows:
+        print(f"{r['model']:8} {r['policy_params_m']:9.1f} {r['s_per_update']:9.2f} {r['rollout_and_scoring_s']:14.2f} "
+              f"{r['update_s']:8.2f} {r['tokens_per_s']:7.1f} {r['peak_rss_gib']:9.2f}")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"workload": "S1", "threads": THREADS, "loadavg": os.getloadavg(),
+                                       "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

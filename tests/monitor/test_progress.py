@@ -1,0 +1,64 @@
+"""Progress bars show on a terminal and stay silent off one (CI logs stay readable): the shared helper, asset-build
+step lines, and evaluation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from tether.monitor import progress as progress_mod
+from tether.monitor.progress import on_terminal, progress
+
+
+def test_quiet_off_a_terminal(capsys):
+    assert not on_terminal()  # pytest captures stderr: not a TTY
+    for _ in progress(range(5), desc="work"):
+        pass
+    bar = progress(total=3, desc="steps")
+    bar.update(3)
+    bar.set_postfix(score="1.0")
+    bar.close()
+    assert capsys.readouterr().err == ""
+
+
+def test_bar_on_a_terminal(capsys, monkeypatch):
+    monkeypatch.setattr(progress_mod, "on_terminal", lambda stream=None: True)
+    for _ in progress(range(3), desc="work"):
+        pass
+    assert "work" in capsys.readouterr().err
+    for _ in progress(range(3), desc="off", enabled=False):
+        pass
+    assert capsys.readouterr().err == ""
+
+
+def test_asset_step_lines_are_plain_lines(capsys):
+    from tether.assets.cache import step
+
+    step("smollm2: building")
+    err = capsys.readouterr().err
+    assert err == "[tether] smollm2: building\n"
+
+
+@pytest.fixture
+def policy_dir(tmp_path, make_llama, gpt2_tok):
+    d = tmp_path / "policy"
+    make_llama(len(gpt2_tok) + 1).save_pretrained(d)
+    tok = copy.deepcopy(gpt2_tok)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_evaluation_quiet_off_a_terminal_and_bar_on_one(policy_dir, capsys, monkeypatch):
+    from tether.eval.compare import evaluate_policies
+
+    kw = dict(judges=[], reward_model_path=None, reference_path=str(policy_dir), response_length=3,
+              micro_batch_size=2)
+    evaluate_policies({"a": str(policy_dir)}, ["The movie was", "Why", "I think"], **kw)
+    cap = capsys.readouterr()
+    assert cap.err == "" and "\r" not in cap.out
+    assert cap.out.strip() == "[eval] a: 3 completions scored"
+    monkeypatch.setattr(progress_mod, "on_terminal", lambda stream=None: True)
+    evaluate_policies({"a": str(policy_dir)}, ["The movie was", "Why", "I think"], **kw)
+    err = capsys.readouterr().err
+    assert "eval a" in err and "3/3" in err

@@ -1,0 +1,90 @@
+"""``MonitorConfig`` and ``AlarmConfig``: what a run logs besides ``metrics.jsonl``, when it evaluates on held-out
+prompts, and the thresholds of the alarms that watch for reward hacking and broken set-ups (``tether.monitor``).
+
+Alarm thresholds are deliberately loose: an alarm should mean "look at this run now", not "a number wiggled".
+``docs/monitoring.md`` lists every alarm with its metric, threshold field and usual remedy.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from tether.config.base import Section
+
+
+class AlarmConfig(Section):
+    """Thresholds of the training alarms; each alarm names its metric, value, threshold and usual remedy."""
+
+    enabled: bool = True
+    """Check the alarms after every update (warnings on stderr, in `alarms.jsonl` and in the report)."""
+    fatal: bool = False
+    """Stop the run with an error at the first alarm instead of warning."""
+    window: int = Field(8, ge=3)
+    """Updates looked at by the trend alarms (length drifting with reward, negative KL on average)."""
+    length_corr: float = Field(0.8, gt=0, le=1)
+    """`length_hacking`: fires when the correlation of mean response length with the score over `window` updates
+    is at least this and the length moved by `length_drift` or more."""
+    length_drift: float = Field(0.25, gt=0)
+    """`length_hacking`: relative change of the mean response length over the window that counts as drifting."""
+    ngram: int = Field(3, ge=1)
+    """`repetition`: n of the n-grams (word/punctuation tokens) counted in the sampled completions."""
+    repetition_max: float = Field(0.3, gt=0, le=1)
+    """`repetition`: fires when the share of repeated n-grams within completions (averaged over them) reaches this."""
+    token_share_max: float = Field(0.5, gt=0, le=1)
+    """`dominant_token`: fires when one word/punctuation token makes up this share of all completion tokens."""
+    distinct_min: float = Field(0.3, ge=0, le=1)
+    """`one_answer`: fires when distinct completions / completions falls below this (with 4 or more completions)."""
+    entropy_ratio_min: float = Field(0.25, ge=0, lt=1)
+    """`entropy_collapse`: fires when the per-token entropy falls below this fraction of its value at the start."""
+    kl_max: float = Field(10.0, gt=0)
+    """`kl_high`: fires when `objective/kl` (nats per sequence) exceeds this."""
+    kl_negative_tol: float = Field(0.1, ge=0)
+    """`kl_negative`: fires when the mean `objective/kl` over the window is below −this."""
+    clipfrac_max: float = Field(0.3, gt=0, le=1)
+    """`clipfrac_high`: fires when `policy/clipfrac` exceeds this."""
+    approx_kl_max: float = Field(0.05, gt=0)
+    """`approx_kl_high`: fires when `policy/approx_kl` exceeds this."""
+    explained_variance_min: float = 0.0
+    """`value_not_learning`: fires when `value/explained_variance` is at or below this for
+    `explained_variance_patience` updates in a row."""
+    explained_variance_patience: int = Field(3, ge=1)
+    """`value_not_learning`: updates in a row that count; only updates after `critic_warmup_updates` + this many
+    are looked at."""
+    judge_drop: float = Field(0.05, ge=0)
+    """`judge_falling`: fires when a held-out judge is this far below its best evaluation while the proxy reward
+    is above its value at that best evaluation."""
+
+
+class MonitorConfig(Section):
+    """Live logs (TensorBoard, W&B), sample tables, held-out evaluation, best checkpoint, the end-of-run report."""
+
+    preflight: bool = True
+    """Run the fast `tether doctor` checks before training and stop on a failure."""
+    tensorboard: bool = True
+    """Write TensorBoard event files under `<output_dir>/tb` when the `tensorboard` package is installed."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs the `wandb` package and a login)."""
+    wandb_project: str = "tether"
+    """W&B project name used when `wandb` is on."""
+    report: bool = True
+    """Write `<output_dir>/report.html` when the run ends (needs matplotlib: `pip install tether[report]`)."""
+    eval_every: int = Field(0, ge=0)
+    """Score the held-out prompts every this many updates and at the last one (0: never)."""
+    eval_prompts: Optional[str] = None
+    """Held-out prompt file (same formats as `prompts`); required when eval_every > 0."""
+    eval_num_prompts: int = Field(32, ge=1)
+    """Use at most this many held-out prompts (the first ones)."""
+    judges: list[str] = Field(default_factory=list)
+    """Independent judges scored on the held-out completions: `vader`, `textblob`, `afinn`, or a Python function
+    `module:function` taking a list of texts; logged as `eval/<name>`."""
+    eval_greedy: bool = False
+    """Greedy held-out completions instead of samples at the training temperature (no `eval/kl` then)."""
+    best_metric: Optional[str] = None
+    """Metric that picks the best checkpoint (kept in `<output_dir>/best`), e.g. `eval/vader`; default: the first
+    judge, else `eval/proxy`."""
+    best_mode: Literal["max", "min"] = "max"
+    """`max` when a higher best_metric is better, `min` when lower is."""
+    alarms: AlarmConfig = Field(default_factory=AlarmConfig)
+    """Alarm thresholds."""

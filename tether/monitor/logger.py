@@ -1,0 +1,334 @@
+"""``RunLogger``: everything a run logs besides ``metrics.jsonl`` (which the trainer writes itself).
+
+After each update the trainer calls :meth:`RunLogger.on_update` with the update's metric dict, optionally the sample
+rows it wrote to ``samples.jsonl`` and the rollout's completions. The logger
+
+1. adds degeneration statistics of the completions (``text/*``, see :func:`tether.monitor.alarms.text_stats`),
+   returned for the trainer to merge into its metrics before writing ``metrics.jsonl``;
+2. writes every numeric metric as a TensorBoard scalar (when ``tensorboard`` is installed, under ``<run>/tb``) and to
+   Weights & Biases when asked; sample rows go to TensorBoard as a markdown table;
+3. checks the alarms: new ones are printed as one ``tether: warning:`` line each and appended to ``alarms.jsonl``;
+   a fatal configuration raises :class:`tether.monitor.alarms.AlarmError`.
+
+:meth:`close` flushes the writers and writes ``report.html``. ``run_info.json`` (config, library versions, start
+time) is written once when the logger is made.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from tether.config.monitor import AlarmConfig, MonitorConfig
+from tether.monitor.alarms import Alarm, AlarmChecker
+
+
+@dataclass
+class UpdateResult:
+    """What :meth:`RunLogger.on_update` found: extra metrics to log, and the alarms firing now (``new``: since this
+    update)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    alarms: list[Alarm] = field(default_factory=list)
+    new: list[Alarm] = field(default_factory=list)
+    best: bool = False
+    """True when this update ran the held-out evaluation and it is the best so far: save the ``best`` checkpoint."""
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place (mode as for a new file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically, as :func:`write_bytes_atomic`."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python, the platform and the libraries a run depends on (those installed)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("tether", "torch", "transformers", "accelerate", "safetensors", "pydantic", "numpy", "tqdm",
+                 "matplotlib", "tensorboard", "wandb"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            out["device"] = torch.cuda.get_device_name(0)
+        out["torch_threads"] = str(torch.get_num_threads())
+    except Exception:  # pragma: no cover - torch is a dependency
+        pass
+    return out
+
+
+def sample_table_markdown(rows: Sequence[Mapping[str, Any]], max_chars: int = 300) -> str:
+    """Sample rows as a markdown table (prompt, completion, then every numeric column)."""
+    if not rows:
+        return ""
+    num_cols = [k for k in rows[0] if k not in ("prompt", "completion", "update")
+                and isinstance(rows[0][k], (int, float))]
+
+    def cell(x: Any) -> str:
+        if isinstance(x, float):
+            return f"{x:.4g}"
+        s = str(x).replace("\n", " ").replace("|", "\\|")
+        return s if len(s) <= max_chars else s[: max_chars - 1] + "…"
+
+    head = ["prompt", "completion", *num_cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join(cell(r.get(k, "")) for k in head) + " |")
+    return "\n".join(lines)
+
+
+class RunLogger:
+    """Live logging and alarms for one run directory (see the module docstring).
+
+    ``run_dir``: where the run writes (``output_dir``); ``config``: the :class:`MonitorConfig` (default: defaults);
+    ``run_config``: the stage's resolved config (a pydantic model or mapping) recorded in ``run_info.json``;
+    ``stage``: ``ppo``, ``sft`` or ``rm`` (names the TensorBoard run); ``critic_warmup_updates``: so the critic alarm
+    waits for the warm-up; ``step_key``: the metric holding the step number (``update`` for PPO, ``step`` for
+    SFT/RM). ``quiet``: no warnings on stderr (they still go to ``alarms.jsonl``).
+    """
+
+    def __init__(self, run_dir: str | Path, config: Optional[MonitorConfig] = None, *, run_config: Any = None,
+                 stage: str = "ppo", critic_warmup_updates: int = 0, step_key: str = "update",
+                 quiet: bool = False, evaluator: Any = None, num_updates: Optional[int] = None):
+        from tether.monitor.evaluate import BestTracker, default_best_metric
+
+        self.run_dir = Path(run_dir)
+        self.cfg = config or MonitorConfig()
+        self.stage, self.step_key, self.quiet = stage, step_key, quiet
+        self.evaluator, self.num_updates = evaluator, num_updates
+        self.best = BestTracker(self.cfg.best_metric or default_best_metric(self.cfg.judges), self.cfg.best_mode)
+        self.checker = AlarmChecker(self.cfg.alarms.model_copy(update={"fatal": False}), critic_warmup_updates)
+        self.calls = 0
+        self.tb = None
+        self.wandb = None
+        self.closed = False
+        self.last: dict[str, Any] = {}
+        self.started = False
+        self._run_config = run_config
+        if self.cfg.wandb:  # fail on a missing package now, before any training
+            self._wandb_module()
+
+    def _start(self) -> None:
+        """Open the sinks and write ``run_info.json`` at the first logged step, so that a run failing before it
+        leaves nothing behind."""
+        if self.started:
+            return
+        self.started = True
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.wandb:
+            self.wandb = self._start_wandb(self._run_config)
+        if self.cfg.tensorboard:
+            self.tb = self._start_tensorboard()
+        info = {"stage": self.stage, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "versions": library_versions(), "command": " ".join(sys.argv),
+                "config": _plain_config(self._run_config), "monitor": self.cfg.model_dump(mode="json")}
+        write_text_atomic(self.run_dir / "run_info.json", json.dumps(info, indent=1, default=str) + "\n")
+
+    # ----------------------------------------------------------------------------------------- sinks
+    def _start_tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard not installed: metrics.jsonl and the report still have everything
+            return None
+        return SummaryWriter(log_dir=str(self.run_dir / "tb"))
+
+    @staticmethod
+    def _wandb_module():
+        from tether.errors import ConfigError
+
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("monitor.wandb: the wandb package is not installed (pip install wandb), "
+                              "or set monitor.wandb=false") from None
+        return wandb
+
+    def _start_wandb(self, run_config: Any):
+        return self._wandb_module().init(project=self.cfg.wandb_project, dir=str(self.run_dir), name=self.run_dir.name,
+                          config=_plain_config(run_config) or {})
+
+    # ----------------------------------------------------------------------------------------- per update
+    def eval_due(self, step: int) -> bool:
+        """True when the held-out evaluation runs at this update: every ``eval_every`` and at the last one."""
+        every = self.cfg.eval_every
+        return self.evaluator is not None and every > 0 and (step % every == 0 or step == self.num_updates)
+
+    def on_update(self, metrics: Mapping[str, Any], samples: Optional[Sequence[Mapping[str, Any]]] = None,
+                  completions: Optional[Sequence[str]] = None, policy: Any = None) -> UpdateResult:
+        """Log one update (see the module docstring). ``samples``: rows ``{prompt, completion, score, <source>...}``
+        to show as a table (pass them on the updates the trainer writes ``samples.jsonl``); ``completions``: every
+        completion of the rollout, for the degeneration statistics (default: those of ``samples``); ``policy``: the
+        policy after the update, evaluated on the held-out prompts when an evaluator is set and the update is due
+        (:meth:`eval_due`). Returns the metrics to add to ``metrics.jsonl`` (``text/*``, ``eval/*``), the alarms,
+        and whether this is the best evaluation so far."""
+        if self.closed:
+            raise RuntimeError("RunLogger.on_update after close()")
+        self._start()
+        self.calls += 1
+        step = metrics.get(self.step_key)
+        step = int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else self.calls
+        evaluated: dict[str, Any] = {}
+        if policy is not None and self.eval_due(step):
+            evaluated = dict(self.evaluator(policy))
+            metrics = {**metrics, **evaluated}
+        if completions is None and samples:
+            completions = [str(r.get("completion", "")) for r in samples]
+        extra: dict[str, Any] = {}
+        if completions is not None:
+            from tether.monitor.alarms import text_stats
+
+            extra = text_stats(list(completions), self.cfg.alarms.ngram)
+        record = {**metrics, **extra}
+        self.last = record
+        scalars = {k: float(v) for k, v in record.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                   and k != self.step_key}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+            if samples:
+                self.tb.add_text("samples", sample_table_markdown(samples), step)
+            self.tb.flush()
+        if self.wandb is not None:
+            payload: dict[str, Any] = dict(scalars)
+            if samples:
+                import wandb
+
+                cols = list(samples[0])
+                payload["samples"] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in samples])
+            self.wandb.log(payload, step=step)
+        alarms = self.checker.check(record)
+        new = list(self.checker.new)
+        if new:
+            with open(self.run_dir / "alarms.jsonl", "a", encoding="utf-8") as f:
+                for a in new:
+                    f.write(json.dumps(a.as_dict()) + "\n")
+            if not self.quiet:
+                for a in new:
+                    print(f"tether: warning: {a.message}", file=sys.stderr, flush=True)
+            if self.tb is not None:
+                self.tb.add_text("alarms", "\n\n".join(a.message for a in new), step)
+        if alarms and self.cfg.alarms.fatal:
+            from tether.monitor.alarms import AlarmError
+
+            self.close(report=True)
+            raise AlarmError(f"stopped by an alarm (monitor.alarms.fatal=true): {alarms[0].message}")
+        numeric_extra = {k: v for k, v in {**evaluated, **extra}.items() if isinstance(v, (int, float))}
+        best = bool(evaluated) and self.best.update({**record, self.step_key: step})
+        return UpdateResult(numeric_extra, alarms, new, best)
+
+    def resume(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """After a resume: take the run's earlier ``metrics.jsonl`` records into the alarm history and the best
+        tracker without logging them again, so trend alarms and the best checkpoint carry on where they were."""
+        for r in records:
+            self.checker.observe(r)
+            self.best.update(r)
+            self.calls += 1
+        if self.checker.cfg.enabled and self.checker.history:
+            from tether.monitor.alarms import check_all
+
+            now = check_all(self.checker.history, self.checker.cfg, self.checker.critic_warmup_updates)
+            self.checker.active = {(a.name, a.metric) for a in now}
+
+    def postfix(self) -> dict[str, str]:
+        """The few numbers for a progress line (score, KL, β, clip fraction) plus the firing alarms' names."""
+        m, out = self.last, {}
+        for key, short, fmt in (("objective/score", "score", ".3f"), ("objective/kl", "kl", ".3f"),
+                                ("objective/kl_coef", "beta", ".3g"), ("policy/clipfrac", "clip", ".3f"),
+                                ("loss", "loss", ".4f")):
+            v = m.get(key)
+            if isinstance(v, (int, float)):
+                out[short] = format(v, fmt)
+        if self.checker.active:
+            out["alarm"] = ",".join(sorted({name for name, _ in self.checker.active}))
+        return out
+
+    # ----------------------------------------------------------------------------------------- end of run
+    def close(self, report: Optional[bool] = None) -> Optional[Path]:
+        """Flush and close the writers; write ``report.html`` (unless ``report`` or the config says no). Returns the
+        report's path, or None. A report that cannot be written is a warning, never a lost run."""
+        if self.closed:
+            return None
+        self.closed = True
+        if not self.started and not report:  # nothing was logged: leave the run directory as it was
+            return None
+        self._start()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        if not (self.cfg.report if report is None else report):
+            return None
+        try:
+            from tether.monitor.report import write_report
+
+            return write_report([self.run_dir], self.run_dir / "report.html")
+        except ImportError as err:
+            print(f"tether: warning: report not written ({err}); pip install 'tether[report]'", file=sys.stderr)
+        except (OSError, ValueError) as err:
+            print(f"tether: warning: report not written: {err}", file=sys.stderr)
+        return None
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _plain_config(cfg: Any) -> Any:
+    if cfg is None:
+        return None
+    if hasattr(cfg, "model_dump"):
+        return cfg.model_dump(mode="json")
+    if isinstance(cfg, Mapping):
+        return json.loads(json.dumps(dict(cfg), default=str))
+    return str(cfg)
+
+
+__all__ = ["AlarmConfig", "MonitorConfig", "RunLogger", "UpdateResult", "library_versions", "sample_table_markdown",
+           "write_bytes_atomic", "write_text_atomic"]
+
+
+STAGE_LOG_FILES = ("tb", "run_info.json", "alarms.jsonl")
+"""What a :class:`RunLogger` writes into a run directory before the model is saved there; ``save_model_atomic``
+must keep these when it swaps the model directory in."""
+
+
+def stage_logger(run_dir: str | Path, run_config: Any, stage: str) -> RunLogger:
+    """The logger of an SFT or reward-model run: TensorBoard scalars and ``run_info.json`` as the steps are logged,
+    the report at :meth:`RunLogger.close`; no PPO alarms (they read PPO metrics), steps counted by ``step``."""
+    return RunLogger(run_dir, MonitorConfig(alarms=AlarmConfig(enabled=False)), run_config=run_config, stage=stage,
+                     step_key="step", quiet=True)
