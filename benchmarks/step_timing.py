@@ -6,7 +6,8 @@ in one micro-batch; fp32; 2 threads. One warm-up update, then ``--updates`` time
 
     PYTHONPATH=. .venv/bin/python benchmarks/step_timing.py --models tiny,smollm2 --updates 2
 
-Each model runs in its own subprocess so that peak RSS (``ru_maxrss`` of that child, via ``os.wait4``) is its own.
+Phases are the trainer's own metrics: rollout = generation + old log-probs, scoring = reference/reward/critic
+passes + rewards and advantages, update = the PPO epochs. Each model runs in its own subprocess so that peak RSS (``ru_maxrss`` of that child, via ``os.wait4``) is its own.
 The tiny model is a random 2-layer Llama (d = 64) around the real GPT-2 tokenizer; SmolLM2 comes from the offline
 asset cache (``tether.assets.smollm2_path``). Prints one table and writes ``--out`` as JSON.
 """
@@ -72,8 +73,8 @@ def worker(name: str, updates: int) -> dict:
     return {
         "model": name, "policy_params_m": params / 1e6, "updates_timed": len(runs),
         "s_per_update": med(total), "all_s": [round(t, 3) for t in total],
-        "rollout_and_scoring_s": med(m["time/rollout_s"] for m in runs),
-        "rewards_advantages_s": med(m["time/score_s"] for m in runs),
+        "rollout_s": med(m["time/rollout_s"] for m in runs),
+        "scoring_s": med(m["time/score_s"] for m in runs),
         "update_s": med(m["time/update_s"] for m in runs),
         "tokens_per_s": med(m["perf/tokens_per_s"] for m in runs),
     }
@@ -102,10 +103,11 @@ def main() -> None:
         print(json.dumps(worker(a._worker, a.updates)))
         return
     rows = [_run_child(name, a.updates) for name in a.models.split(",")]
-    print(f"{'model':8} {'params M':>9} {'s/update':>9} {'rollout+score':>14} {'update':>8} {'tok/s':>7} {'peak GiB':>9}")
+    print(f"{'model':8} {'params M':>9} {'s/update':>9} {'rollout':>8} {'scoring':>8} {'update':>8} {'tok/s':>7} "
+          f"{'peak GiB':>9}")
     for r in rows:
-        print(f"{r['model']:8} {r['policy_params_m']:9.1f} {r['s_per_update']:9.2f} {r['rollout_and_scoring_s']:14.2f} "
-              f"{r['update_s']:8.2f} {r['tokens_per_s']:7.1f} {r['peak_rss_gib']:9.2f}")
+        print(f"{r['model']:8} {r['policy_params_m']:9.1f} {r['s_per_update']:9.2f} {r['rollout_s']:8.2f} "
+              f"{r['scoring_s']:8.2f} {r['update_s']:8.2f} {r['tokens_per_s']:7.1f} {r['peak_rss_gib']:9.2f}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"workload": "S1", "threads": THREADS, "loadavg": os.getloadavg(),
                                        "rows": rows}, indent=1))

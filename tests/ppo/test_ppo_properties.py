@@ -130,12 +130,29 @@ def test_same_seed_same_result(tmp_path, gpt2_tok, make_llama):
 
 
 def test_reference_and_reward_model_stay_frozen(tmp_path, gpt2_tok, make_llama):
-    """O23: reference parameters are unchanged after updates."""
-    tr = make_trainer(tmp_path, gpt2_tok, make_llama(len(gpt2_tok) + 1), num_updates=2)
-    before = {k: v.clone() for k, v in tr.ref.state_dict().items()}
+    """O23: reference and reward-model parameters are unchanged after updates (a critic initialised from the RM is
+    a copy, so training it leaves the RM alone)."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from tether.rewards.base import RewardSource
+    from tether.rewards.reward_model import RewardModelScorer
+
+    ensure_pad_token(gpt2_tok, "add")
+    torch.manual_seed(3)
+    rm_model = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(gpt2_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, num_labels=1, pad_token_id=gpt2_tok.pad_token_id)).eval()
+    rm = RewardModelScorer(rm_model, gpt2_tok, policy_tokenizer=gpt2_tok)
+    tr = make_trainer(tmp_path, gpt2_tok, make_llama(len(gpt2_tok)), reward=RewardSource("rm", rm), num_updates=2,
+                      critic_lr=1e-2)
+    frozen = {"ref": tr.ref, "rm": rm_model}
+    before = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in frozen.items()}
+    critic_before = [p.detach().clone() for p in tr.critic.parameters()]
     tr.train()
-    for k, v in tr.ref.state_dict().items():
-        assert torch.equal(v, before[k])
+    assert any(not torch.equal(p, q) for p, q in zip(tr.critic.parameters(), critic_before))  # the critic did train
+    for name, m in frozen.items():
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, before[name][k]), (name, k)
 
 
 def test_outputs_saved_in_save_pretrained_format(tmp_path, gpt2_tok, make_llama):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from tether.checkpoint import kill_point, rng_state, set_rng_state, step_of
 from tether.config.base import dump
 from tether.config.ppo import PPOConfig
 from tether.errors import CheckpointError, ConfigError, DataError, ModelError, Preempted, TrainingError
-from tether.models.forward import causal_lm_logits
+from tether.models.forward import causal_lm_logits, causal_lm_logits_and_hidden, check_shared_trunk
 from tether.models.load import (
     disable_dropout,
     ensure_pad_token,
@@ -93,6 +94,7 @@ class PPOTrainer:
         self.skip_streak = 0
         """Updates in a row in which no optimizer step could be taken (non-finite reward, loss or gradient)."""
         self._skip_reason = ""
+        self._grad_norms: dict[str, float] = {}
         self._checkpoint_path: Optional[Path] = None
         self._resume()
         # 0. watch: pre-flight checks (tether doctor's fast subset), then logs, held-out evaluation, alarms
@@ -136,6 +138,13 @@ class PPOTrainer:
     def _load_critic(self, critic: Optional[nn.Module]) -> nn.Module:
         if critic is not None:
             return critic
+        if self.cfg.critic_mode == "shared":  # a fresh value head on the policy's own trunk (no copy)
+            vocab = self.policy.get_input_embeddings().num_embeddings
+            try:
+                check_shared_trunk(self.policy, torch.arange(min(8, vocab)).unsqueeze(0))
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            return ValueModel.from_pretrained_model(self.policy).requires_grad_(True)
         source: nn.Module
         if self.cfg.critic:
             cfg_json = Path(self.cfg.critic) / "config.json"
@@ -196,7 +205,7 @@ class PPOTrainer:
         opts, scheds = {}, {}
         models = {"policy": (self.policy, cfg.lr)}
         if self.critic is not None:
-            models["critic"] = (self.critic, cfg.critic_lr)
+            models["critic"] = (self._critic_own, cfg.critic_lr)
         for name, (model, lr) in models.items():
             params = [p for p in model.parameters() if p.requires_grad]
             opts[name] = build_optimizer(params, lr, cfg.weight_decay, eps=cfg.adam_eps)
@@ -221,6 +230,7 @@ class PPOTrainer:
             stop_at_eos=cfg.stop_at_eos, micro_batch_size=cfg.micro_batch_size,
         )
         mask = rollout.response_mask
+        t_gen = time.perf_counter()
         # 2. score: reference log-probs, rewards, critic values (no grad)
         ref_logprobs = reference_logprobs(self.ref, rollout, cfg.temperature, cfg.micro_batch_size)
         scores, parts = combine_scores(self.rewards, rollout.prompts, rollout.completions, rollout, nonfinite="keep")
@@ -235,7 +245,6 @@ class PPOTrainer:
             scores = ops.clip_scores(scores, cfg.score_clip)
         crit_mask = ops.critic_mask(mask, cfg.score_placement)
         values = rollout_values(self.critic, rollout, crit_mask, cfg.micro_batch_size) if self.critic else None
-        t_score = time.perf_counter()
         # 3. rewards: −β·KL at every token (KL-in-reward) and the score at one index
         kl = torch.where(mask, ops.kl_penalty(rollout.logprobs, ref_logprobs, cfg.kl_estimator,
                                               cfg.kl_log_ratio_clamp), 0.0)
@@ -278,8 +287,8 @@ class PPOTrainer:
             "response/length_mean": float(mask.sum(1).float().mean()),
             "response/eos_fraction": float(rollout.has_eos.float().mean()),
             "rollout/logprob_mismatch_max": float((gen_logprobs - rollout.logprobs).abs().masked_fill(~mask, 0).max()),
-            "time/rollout_s": t_score - t0,
-            "time/score_s": t_update - t_score,
+            "time/rollout_s": t_gen - t0,
+            "time/score_s": t_update - t_gen,
             "time/update_s": t_end - t_update,
             "perf/tokens_per_s": n_tokens / max(t_end - t0, 1e-9),
             "lr/policy": self.optimizers["policy"].param_groups[0]["lr"],
@@ -308,6 +317,7 @@ class PPOTrainer:
         train_policy = self.update >= cfg.critic_warmup_updates
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, "minibatch", self.update))
         sums: dict[str, float] = {}
+        grad_norms: dict[str, list[float]] = {}  # pre-clip norm of each model, per optimizer step
         weights: dict[str, float] = {}
         maxima = {"policy/ratio_max": -float("inf")}
         first = {"policy/first_minibatch_ratio_dev": 0.0, "policy/first_minibatch_clipfrac": 0.0}
@@ -326,7 +336,11 @@ class PPOTrainer:
                 finite = True
                 for micro_idx in plan.micro_batches(torch.arange(len(mb_idx))):
                     x = mb.select(micro_idx)
-                    logits = causal_lm_logits(self.policy, x.query_response, x.attention_mask)[:, q - 1 : -1]
+                    if self._shared:  # one trunk pass gives logits and the hidden state the value head reads
+                        logits, hidden = causal_lm_logits_and_hidden(self.policy, x.query_response, x.attention_mask)
+                        logits = logits[:, q - 1 : -1]
+                    else:
+                        logits = causal_lm_logits(self.policy, x.query_response, x.attention_mask)[:, q - 1 : -1]
                     new_logprobs = ops.logprobs_from_logits(logits, x.query_response[:, q:], cfg.temperature)
                     pg_loss, pg = ops.clipped_policy_loss(
                         new_logprobs, x.logprobs, x.advantages, x.response_mask, clip_low=cfg.clip_eps,
@@ -346,12 +360,14 @@ class PPOTrainer:
                              "policy/clipfrac": float(pg["clipfrac"]), "policy/approx_kl": float(pg["approx_kl"]),
                              "policy/ratio_mean": float(pg["ratio_mean"])}
                     if self.critic is not None:
-                        new_values = critic_values(self.critic, x.query_response, x.attention_mask, q)
+                        new_values = (self.critic.values_from_hidden(hidden)[:, q - 1 : -1] if self._shared
+                                      else critic_values(self.critic, x.query_response, x.attention_mask, q))
                         vf_loss, vf = ops.clipped_value_loss(new_values, x.values, x.returns, x.critic_mask,
                                                              clip=cfg.value_clip, mode="token_mean", **vcounts)
                         loss = loss + cfg.vf_coef * vf_loss
                         vshare = float(x.critic_mask.sum()) / vcounts["num_tokens"]
-                        stats.update({"value/loss": float(vf_loss.detach()) / vshare, "value/clipfrac": float(vf["clipfrac"])})
+                        stats.update({"value/loss": float(vf_loss.detach()) / vshare,
+                                      "value/clipfrac": float(vf["clipfrac"])})
                     if not bool(torch.isfinite(loss.detach())):  # NaN/Inf guard: no backward, the step is skipped
                         finite = False
                         break
@@ -369,6 +385,8 @@ class PPOTrainer:
                 ok = self._optimizer_step(train_policy, finite_loss=finite)
                 steps += ok
                 skipped += not ok
+                for k, norm in (self._grad_norms.items() if ok else ()):
+                    grad_norms.setdefault(k, []).append(norm)
                 if cfg.target_kl is not None and mb_kl > cfg.target_kl:
                     stop = True
                     break
@@ -377,6 +395,7 @@ class PPOTrainer:
         out = {k: sums[k] / weights[k] for k in sums if weights[k]}
         out.update(maxima)
         out.update(first)
+        out.update({f"{'value' if k == 'critic' else k}/grad_norm": sum(v) / len(v) for k, v in grad_norms.items()})
         out["train/optimizer_steps"] = steps
         out["train/skipped_steps"] = skipped
         out["train/epochs_done"] = epoch + 1
@@ -407,19 +426,20 @@ class PPOTrainer:
             self._skip_reason = "non-finite loss"
             print(f"tether: update {self.update + 1}: non-finite loss, optimizer step skipped", file=sys.stderr)
             return False
-        named = {"policy": self.policy, "critic": self.critic}
+        named = {"policy": self.policy, "critic": self._critic_own}
         params = {k: [p for p in m.parameters() if p.grad is not None] for k, m in named.items() if m is not None}
-        for k, ps in params.items():
-            if any(not bool(torch.isfinite(p.grad).all()) for p in ps):
+        # one norm per model: the clip and the finiteness check in one pass (a NaN/Inf anywhere makes it non-finite)
+        max_norm = self.cfg.max_grad_norm or float("inf")
+        self._grad_norms = {k: float(torch.nn.utils.clip_grad_norm_(ps, max_norm)) for k, ps in params.items() if ps}
+        for k, norm in self._grad_norms.items():
+            if not math.isfinite(norm):
                 for opt in self.optimizers.values():
                     opt.zero_grad(set_to_none=True)
                 print(f"tether: update {self.update + 1}: non-finite {k} gradient, optimizer step skipped",
                       file=sys.stderr)
                 self._skip_reason = f"non-finite {k} gradient"
                 return False
-        for k, ps in params.items():
-            if self.cfg.max_grad_norm is not None and ps:
-                torch.nn.utils.clip_grad_norm_(ps, self.cfg.max_grad_norm)
+        for k in params:
             if k == "policy" and not train_policy:
                 continue
             self.optimizers[k].step()
@@ -482,8 +502,18 @@ class PPOTrainer:
         return (f"update {self.update}: {n} update{'s' if n > 1 else ''} in a row without an optimizer step "
                 f"(last cause: {self._skip_reason}); stopped. Last good checkpoint: {last}")
 
+    @property
+    def _shared(self) -> bool:
+        """The critic is a value head on the policy's trunk (``critic_mode=shared``)."""
+        return self.critic is not None and self.cfg.critic_mode == "shared"
+
+    @property
+    def _critic_own(self) -> Optional[nn.Module]:
+        """The critic's own parameters: the whole critic, or only its head when it shares the policy's trunk."""
+        return self.critic.head if self._shared else self.critic
+
     def _models(self) -> dict[str, nn.Module]:
-        return {"policy": self.policy, **({"critic": self.critic} if self.critic is not None else {})}
+        return {"policy": self.policy, **({"critic": self._critic_own} if self.critic is not None else {})}
 
     def save_checkpoint(self) -> Path:
         """Checkpoint the run as it stands: weights, optimizer/scheduler/KL-controller/RNG state, logs, config."""
@@ -547,14 +577,15 @@ class PPOTrainer:
                 writer.write(row)
 
     def save(self, out_dir: str | Path) -> Path:
-        """Policy (and critic under ``critic/``) in ``save_pretrained`` format with the tokenizer and resolved config,
-        swapped in whole (``save_model_atomic``); non-finite weights are refused."""
+        """Policy (and critic under ``critic/``; only its head with ``critic_mode=shared``) in ``save_pretrained``
+        format with the tokenizer and resolved config, swapped in whole (``save_model_atomic``); non-finite weights
+        are refused."""
         from tether.algos.common import save_model_atomic
         from tether.checkpoint import check_finite
 
         check_finite(self._models())
-        critic = self.critic
+        critic, trunk = self.critic, not self._shared
         out = Path(out_dir)
         save_model_atomic(self.policy, self.tokenizer, out, extra_files={"tether_config.yaml": dump(self.cfg)},
-                          before_swap=(lambda tmp: critic.save(tmp / "critic")) if critic is not None else None)
+                          before_swap=(lambda tmp: critic.save(tmp / "critic", trunk)) if critic is not None else None)
         return out

@@ -44,6 +44,9 @@ class PPOConfig(Section):
     critic: Optional[str] = None
     """Directory to initialise the critic from; default: the reward model when it shares the policy's tokenizer,
     else the policy (a fresh value head either way)."""
+    critic_mode: Literal["separate", "shared"] = "separate"
+    """`separate`: the critic is its own model (default; N+). `shared`: a value head on the policy's own trunk, one
+    forward for logits and values and no second model in memory; the value loss then also trains the trunk."""
     rewards: list[RewardSpec] = Field(default_factory=list)
     """Reward sources, combined as a weighted sum of their (optionally normalised) scores."""
     prompts: Optional[str] = None
@@ -202,6 +205,9 @@ class PPOConfig(Section):
             raise ValueError(f"micro_batch_size={self.micro_batch_size} must divide the minibatch size {mini}")
         if self.advantage in GROUP and self.samples_per_prompt < 2:
             raise ValueError(f"advantage={self.advantage} needs samples_per_prompt >= 2 (a group baseline of one is 0)")
+        if self.critic_mode == "shared" and self.critic:
+            raise ValueError("critic: a critic directory cannot be used with critic_mode=shared (the value head sits "
+                             "on the policy's trunk); remove one of them")
         if self.warmup_updates >= self.num_updates and self.warmup_updates:
             raise ValueError(f"warmup_updates={self.warmup_updates} must be < num_updates={self.num_updates}")
         return self

@@ -26,6 +26,10 @@ class ValueModel(nn.Module):
             position_ids=position_ids_from_mask(attention_mask),
             use_cache=False,
         ).last_hidden_state
+        return self.values_from_hidden(hidden)
+
+    def values_from_hidden(self, hidden: Tensor) -> Tensor:
+        """The head on a last hidden state computed elsewhere (a trunk shared with the policy). (B, L, d) → (B, L)."""
         out = self.head(hidden).squeeze(-1)
         return out if out.dtype == torch.float64 else out.float()
 
@@ -48,11 +52,13 @@ class ValueModel(nn.Module):
             init_score_head(head)
         return disable_dropout(cls(trunk, head))
 
-    def save(self, out_dir: str | Path) -> None:
-        """Trunk in ``save_pretrained`` format plus ``value_head.safetensors``."""
+    def save(self, out_dir: str | Path, trunk: bool = True) -> None:
+        """Trunk in ``save_pretrained`` format (unless ``trunk=False``: it is the policy's, saved with it) plus
+        ``value_head.safetensors``."""
         from safetensors.torch import save_file
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.trunk.save_pretrained(str(out))
+        if trunk:
+            self.trunk.save_pretrained(str(out))
         save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(out / "value_head.safetensors"))

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from tether.config.monitor import AlarmConfig
-from tether.errors import TetherError
+from tether.errors import TrainingError
 
 #: ``eval/<name>`` keys that are not judges (written by :class:`tether.monitor.evaluate.HeldOutEvaluator`).
 EVAL_RESERVED = {"proxy", "kl", "sqrt_kl", "length_mean", "eos_fraction", "n"}
@@ -347,10 +347,8 @@ def check_all(history: Sequence[Mapping], cfg: Optional[AlarmConfig] = None,
     return found
 
 
-class AlarmError(TetherError):
-    """Raised by a fatal alarm (``alarms.fatal: true``). One line: the alarm's message; the CLI exits with 3."""
-
-    exit_code = 3
+class AlarmError(TrainingError):
+    """Raised by a fatal alarm (``alarms.fatal: true``): training stopped. One line, the alarm's message; exit 3."""
 
 
 class AlarmChecker:

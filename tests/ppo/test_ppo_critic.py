@@ -1,0 +1,74 @@
+"""The critic's two layouts: a separate value model (default) and a value head on the policy's trunk."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tether.config.ppo import PPOConfig
+from tether.models.forward import causal_lm_logits, causal_lm_logits_and_hidden, check_shared_trunk
+from test_ppo_properties import PROMPTS, length_reward, make_trainer
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_one_trunk_pass_gives_the_models_logits(gpt2_tok, make_llama, make_gpt2, arch):
+    model = (make_llama if arch == "llama" else make_gpt2)(len(gpt2_tok), dtype=torch.float64)
+    ids = torch.randint(0, len(gpt2_tok), (3, 7))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding: positions come from the mask in both paths
+    logits, hidden = causal_lm_logits_and_hidden(model, ids, mask)
+    torch.testing.assert_close(logits, causal_lm_logits(model, ids, mask), rtol=0, atol=1e-12)
+    assert hidden.shape == (3, 7, model.config.hidden_size if arch == "llama" else model.config.n_embd)
+    check_shared_trunk(model, ids[:1])
+
+
+def test_shared_trunk_refuses_a_head_that_rescales_logits(gpt2_tok, make_llama):
+    model = make_llama(len(gpt2_tok))
+    model.register_forward_hook(lambda mod, inp, out: out.__setitem__("logits", out["logits"] * 2.0) or out)
+    with pytest.raises(ValueError, match="critic_mode=shared"):
+        check_shared_trunk(model, torch.arange(6).unsqueeze(0))
+
+
+def test_shared_critic_sits_on_the_policy_trunk(tmp_path, gpt2_tok, make_llama):
+    trainer = make_trainer(tmp_path, gpt2_tok, make_llama(len(gpt2_tok) + 1), critic_mode="shared", num_updates=2)
+    assert trainer.critic.trunk is trainer.policy.base_model
+    head = {id(p) for p in trainer.critic.head.parameters()}
+    assert {id(p) for g in trainer.optimizers["critic"].param_groups for p in g["params"]} == head
+    assert not head & {id(p) for g in trainer.optimizers["policy"].param_groups for p in g["params"]}
+    m = trainer.step()
+    assert m["policy/first_minibatch_ratio_dev"] == 0.0 and m["value/loss"] > 0
+    trainer.train()
+    critic_dir = tmp_path / "run" / "final" / "critic"
+    assert sorted(p.name for p in critic_dir.iterdir()) == ["value_head.safetensors"]  # the trunk is the policy's
+    saved = load_file(str(critic_dir / "value_head.safetensors"))
+    torch.testing.assert_close(saved["weight"], trainer.critic.head.weight.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["separate", "shared"])
+def test_value_loss_reaches_the_policy_only_when_shared(tmp_path, gpt2_tok, make_llama, mode):
+    """Same seed, vf_coef 0 vs 1: the policy's weights after one update differ exactly when the trunk is shared."""
+    weights = []
+    for vf in (0.0, 1.0):
+        tok = copy.deepcopy(gpt2_tok)  # each trainer adds its own pad token
+        t = make_trainer(tmp_path / f"vf{vf}", tok, make_llama(len(tok) + 1), critic_mode=mode, vf_coef=vf,
+                         num_ppo_epochs=1, lr=1e-3)
+        t.step()
+        weights.append(torch.cat([p.detach().flatten() for p in t.policy.parameters()]))
+    same = torch.equal(weights[0], weights[1])
+    assert same == (mode == "separate")
+
+
+def test_shared_with_a_critic_directory_is_refused():
+    with pytest.raises(ValueError, match="critic_mode=shared"):
+        PPOConfig(critic="runs/rm", critic_mode="shared")
+
+
+def test_shared_critic_learns_values(tmp_path, gpt2_tok, make_llama):
+    """A constant reward: the value loss falls as the head learns it (policy lr tiny, critic lr large)."""
+    t = make_trainer(tmp_path, gpt2_tok, make_llama(len(gpt2_tok) + 1), reward=lambda p, c: [1.0] * len(c),
+                     critic_mode="shared", lr=1e-7, critic_lr=3e-2, num_updates=8, value_clip=None, kl_coef=0.0)
+    losses = [t.step()["value/loss"] for _ in range(8)]
+    assert losses[-1] < 0.5 * losses[0], losses
