@@ -4,7 +4,7 @@ S1: 8 prompts of ~12 tokens, 32 sampled tokens with EOS disabled (fixed work), T
 critic (initialised from the policy) + a Python reward (no reward model); GAE; 1 PPO epoch over one minibatch of 8
 in one micro-batch; fp32; 2 threads. One warm-up update, then ``--updates`` timed updates (median reported).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/step_timing.py --models tiny,smollm2 --updates 2
+    PYTHONPATH=. .venv/bin/python benchmarks/step_timing.py --models tiny,smollm2 --updates 2 [--critic-mode shared]
 
 Phases are the trainer's own metrics: rollout = generation + old log-probs, scoring = reference/reward/critic
 passes + rewards and advantages, update = the PPO epochs. Each model runs in its own subprocess so that peak RSS (``ru_maxrss`` of that child, via ``os.wait4``) is its own.
@@ -53,7 +53,7 @@ def _model_dir(name: str, work: Path) -> Path:
     return out
 
 
-def worker(name: str, updates: int) -> dict:
+def worker(name: str, updates: int, critic_mode: str = "separate") -> dict:
     import torch
 
     from tether import PPOConfig, PPOTrainer
@@ -63,7 +63,7 @@ def worker(name: str, updates: int) -> dict:
     cfg = PPOConfig(
         num_updates=updates + 1, rollout_batch_size=8, num_minibatches=1, micro_batch_size=8, num_ppo_epochs=1,
         response_length=32, stop_at_eos=False, temperature=0.7, advantage="gae", output_dir=str(work / "run"),
-        progress=False, sample_every=0,
+        progress=False, sample_every=0, critic_mode=critic_mode,
     )
     trainer = PPOTrainer(cfg, policy=str(_model_dir(name, work)), reward=_reward, prompts=PROMPTS)
     params = sum(p.numel() for p in trainer.policy.parameters())
@@ -71,7 +71,7 @@ def worker(name: str, updates: int) -> dict:
     total = [m["time/rollout_s"] + m["time/score_s"] + m["time/update_s"] for m in runs]
     med = statistics.median
     return {
-        "model": name, "policy_params_m": params / 1e6, "updates_timed": len(runs),
+        "model": name, "critic_mode": critic_mode, "policy_params_m": params / 1e6, "updates_timed": len(runs),
         "s_per_update": med(total), "all_s": [round(t, 3) for t in total],
         "rollout_s": med(m["time/rollout_s"] for m in runs),
         "scoring_s": med(m["time/score_s"] for m in runs),
@@ -80,8 +80,8 @@ def worker(name: str, updates: int) -> dict:
     }
 
 
-def _run_child(name: str, updates: int) -> dict:
-    cmd = [sys.executable, __file__, "--_worker", name, "--updates", str(updates)]
+def _run_child(name: str, updates: int, critic_mode: str) -> dict:
+    cmd = [sys.executable, __file__, "--_worker", name, "--updates", str(updates), "--critic-mode", critic_mode]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -96,13 +96,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="tiny,smollm2")
     ap.add_argument("--updates", type=int, default=2, help="timed updates after one warm-up")
+    ap.add_argument("--critic-mode", default="separate", choices=["separate", "shared"],
+                    help="critic layout (PPOConfig.critic_mode)")
     ap.add_argument("--out", default="runs/bench/step_timing.json")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._worker:
-        print(json.dumps(worker(a._worker, a.updates)))
+        print(json.dumps(worker(a._worker, a.updates, a.critic_mode)))
         return
-    rows = [_run_child(name, a.updates) for name in a.models.split(",")]
+    rows = [_run_child(name, a.updates, a.critic_mode) for name in a.models.split(",")]
     print(f"{'model':8} {'params M':>9} {'s/update':>9} {'rollout':>8} {'scoring':>8} {'update':>8} {'tok/s':>7} "
           f"{'peak GiB':>9}")
     for r in rows:
