@@ -76,7 +76,7 @@ class PipelineConfig(Section):
 
 # ------------------------------------------------------------------------------------------------ demo
 
-# The demo's stage settings (SmolLM2-135M policy, MiniLM reward model, 2 CPU cores, ~15 min). A user's nested
+# The demo's stage settings (SmolLM2-135M policy, MiniLM reward model, 2 CPU cores, ~8 min). A user's nested
 # sft/rm/ppo keys override these; --quick (quick: true) shrinks them to a smoke run of a few minutes.
 DEMO_STAGES: dict[str, dict[str, Any]] = {
     "sft": {"max_steps": 30, "batch_size": 4, "lr": 5e-5, "warmup_steps": 3, "max_length": 48,
