@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from tether.errors import ConfigError
 
@@ -159,3 +159,20 @@ def help_lines(cls: type[BaseModel], prefix: str = "") -> list[str]:
         desc = " ".join((field.description or "").split())
         lines.append(f"{key} ({_type_name(ann)}, {default}): {desc}")
     return lines
+
+
+class StepRun(Section):
+    """Checkpoint and resume options shared by the step-counted stages (SFT, reward model); docs/reliability.md."""
+
+    resume: ResumeSpec = "auto"
+    """`auto`: continue from the newest good checkpoint in output_dir (a finished run is left as it is); `never`:
+    start over, refusing an output_dir that already holds a run; or the path of a checkpoint directory to continue
+    from."""
+    checkpoint_every: int = Field(100, ge=0)
+    """Write a checkpoint (`output_dir/checkpoints/step-N/`) every this many optimizer steps and after the last; 0:
+    only after the last."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Checkpoints kept on disk (the newest); older ones are deleted once a newer one is complete."""
+    max_consecutive_skips: int = Field(5, ge=1)
+    """Stop the run (exit code 3, last checkpoint kept) after this many optimizer steps in a row skipped because the
+    loss or a gradient was NaN/Inf."""

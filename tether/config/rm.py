@@ -9,10 +9,10 @@ from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from tether.config.base import ResumeSpec, Section
+from tether.config.base import StepRun
 
 
-class RMConfig(Section):
+class RMConfig(StepRun):
     """Reward-model training: a 1-output sequence classifier fitted to `prompt`/`chosen`/`rejected` pairs."""
 
     # --- model and data --------------------------------------------------------------------------
@@ -86,20 +86,6 @@ class RMConfig(Section):
     """Evaluate every this many optimizer steps; null: only at the end."""
     eval_batch_size: int = Field(16, ge=1)
     """Pairs per forward when evaluating and when scoring the reference completions."""
-
-    # --- checkpoints and resume (docs/reliability.md) -------------------------------------------
-    resume: ResumeSpec = "auto"
-    """`auto`: continue from the newest good checkpoint in output_dir (a finished run is left as it is); `never`:
-    start over, refusing an output_dir that already holds a run; or the path of a checkpoint directory to continue
-    from."""
-    checkpoint_every: int = Field(100, ge=0)
-    """Write a checkpoint (`output_dir/checkpoints/step-N/`) every this many optimizer steps and after the last; 0:
-    only after the last."""
-    keep_checkpoints: int = Field(2, ge=1)
-    """Checkpoints kept on disk (the newest); older ones are deleted once a newer one is complete."""
-    max_consecutive_skips: int = Field(5, ge=1)
-    """Stop the run (exit code 3, last checkpoint kept) after this many optimizer steps in a row skipped because the
-    loss or a gradient was NaN/Inf."""
 
     RESUME_SAFE: ClassVar[frozenset[str]] = frozenset({
         "output_dir", "resume", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips", "log_every",

@@ -10,10 +10,10 @@ from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from tether.config.base import ResumeSpec, Section
+from tether.config.base import StepRun
 
 
-class SFTConfig(Section):
+class SFTConfig(StepRun):
     """Supervised fine-tuning (next-token cross-entropy) of a causal LM."""
 
     # --- model and data --------------------------------------------------------------------------
@@ -78,20 +78,6 @@ class SFTConfig(Section):
     """Evaluate every this many optimizer steps; null: only at the end."""
     eval_batch_size: int = Field(8, ge=1)
     """Sequences per forward when computing the evaluation loss."""
-
-    # --- checkpoints and resume (docs/reliability.md) -------------------------------------------
-    resume: ResumeSpec = "auto"
-    """`auto`: continue from the newest good checkpoint in output_dir (a finished run is left as it is); `never`:
-    start over, refusing an output_dir that already holds a run; or the path of a checkpoint directory to continue
-    from."""
-    checkpoint_every: int = Field(100, ge=0)
-    """Write a checkpoint (`output_dir/checkpoints/step-N/`) every this many optimizer steps and after the last; 0:
-    only after the last."""
-    keep_checkpoints: int = Field(2, ge=1)
-    """Checkpoints kept on disk (the newest); older ones are deleted once a newer one is complete."""
-    max_consecutive_skips: int = Field(5, ge=1)
-    """Stop the run (exit code 3, last checkpoint kept) after this many optimizer steps in a row skipped because the
-    loss or a gradient was NaN/Inf."""
 
     RESUME_SAFE: ClassVar[frozenset[str]] = frozenset({
         "output_dir", "resume", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips", "log_every",
