@@ -8,7 +8,8 @@ initialised from the reward model; fp32; 2 threads. One warm-up update, then --u
 
 Each implementation runs in its own subprocess (peak RSS = ru_maxrss of that child only). TRL runs from a throwaway
 virtualenv (default ~/.cache/tether/bench-trl-venv) created on first use, so tether's own dependencies stay free of
-TRL. Impl `tether_bf16` is tether with `dtype: bfloat16` (frozen reference and reward model in bf16).
+TRL. Impl `tether_bf16` is tether with `dtype: bfloat16` (frozen reference and reward model in bf16); `tether_amp`
+adds `autocast: bfloat16` (every forward in bf16 matmuls, float32 weights and loss math).
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def matmul_rate(dtype_name: str, n: int = 2048, reps: int = 5) -> float:
 
 
 # ------------------------------------------------------------------ tether worker (runs in a child process)
-def tether_worker(model_dir: Path, updates: int, dtype: str, prompts: list[str]) -> dict:
+def tether_worker(model_dir: Path, updates: int, dtype: str, prompts: list[str], autocast: str = "none") -> dict:
     import torch
 
     torch.set_num_threads(THREADS)
@@ -182,7 +183,7 @@ def tether_worker(model_dir: Path, updates: int, dtype: str, prompts: list[str])
     out_dir = tempfile.mkdtemp(prefix="tether-bench-")
     cfg = PPOConfig(
         policy=str(model_dir / "policy"), rewards=[RewardSpec(path=str(model_dir / "reward"))], prompts=None,
-        output_dir=out_dir, dtype=dtype, num_updates=updates + 1, rollout_batch_size=PROMPTS, num_minibatches=1,
+        output_dir=out_dir, dtype=dtype, autocast=autocast, num_updates=updates + 1, rollout_batch_size=PROMPTS, num_minibatches=1,
         micro_batch_size=MICRO, num_ppo_epochs=EPOCHS, response_length=RESP_LEN, temperature=0.7,
         stop_at_eos=False, sample_every=0, progress=False, seed=0,
     )
@@ -205,9 +206,13 @@ def tether_worker(model_dir: Path, updates: int, dtype: str, prompts: list[str])
             **{f"{k}_s": v for k, v in phase.items()},
             "metric_rollout_s": m["time/rollout_s"], "metric_score_s": m["time/score_s"],
             "metric_update_s": m["time/update_s"], "response_tokens": m["response/length_mean"] * PROMPTS,
+            "logprob_mismatch_max": m["rollout/logprob_mismatch_max"],
+            "first_minibatch_ratio_dev": m["policy/first_minibatch_ratio_dev"],
             "loadavg_1m": os.getloadavg()[0],  # > 2 on this 2-core machine means other work competed for the CPU
         })
-        print(f"[tether/{dtype}] update {len(rows)}: {total:.2f} s", file=sys.stderr, flush=True)
+        print(f"[tether/{dtype}/autocast={autocast}] update {len(rows)}: {total:.2f} s (logprob mismatch "
+              f"{m['rollout/logprob_mismatch_max']:.2e}, first-minibatch |ratio-1| "
+              f"{m['policy/first_minibatch_ratio_dev']:.2e})", file=sys.stderr, flush=True)
     return {"rows": rows, "setup_s": t_setup, "reward_token_path": token_path,
             "critic_from": "reward model" if token_path else "?"}
 
@@ -363,7 +368,7 @@ def fmt_table(model: str, impls: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="tiny,smollm2")
-    ap.add_argument("--impl", default="tether,trl", help="comma list of tether, tether_bf16, trl")
+    ap.add_argument("--impl", default="tether,trl", help="comma list of tether, tether_bf16, tether_amp, trl")
     ap.add_argument("--updates", type=int, default=2, help="timed updates (after 1 warm-up)")
     ap.add_argument("--out", default="runs/bench/ppo_vs_trl.json")
     ap.add_argument("--trl-venv", default=str(CACHE / "bench-trl-venv"))
@@ -373,7 +378,8 @@ def main() -> None:
 
     if a._worker:  # child: one tether run
         spec = json.loads(Path(a._spec).read_text())
-        res = tether_worker(Path(spec["model_dir"]), spec["updates"], spec["dtype"], spec["prompts"])
+        res = tether_worker(Path(spec["model_dir"]), spec["updates"], spec["dtype"], spec["prompts"],
+                            spec.get("autocast", "none"))
         print("RESULT " + json.dumps(res), flush=True)
         return
 
@@ -406,9 +412,10 @@ def main() -> None:
             spec_path = Path(td) / "spec.json"
             for impl in impls:
                 print(f"--- {model} / {impl}", file=sys.stderr, flush=True)
-                if impl in ("tether", "tether_bf16"):
+                if impl in ("tether", "tether_bf16", "tether_amp"):
                     spec_path.write_text(json.dumps({"model_dir": str(mdir), "updates": a.updates, "prompts": prompts,
-                                                     "dtype": "bfloat16" if impl == "tether_bf16" else "float32"}))
+                                                     "dtype": "float32" if impl == "tether" else "bfloat16",
+                                                     "autocast": "bfloat16" if impl == "tether_amp" else "none"}))
                     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
                     res, rss = run_child([sys.executable, str(Path(__file__).resolve()), "--_worker", impl,
                                           "--_spec", str(spec_path)], env)

@@ -101,6 +101,20 @@ def test_reward_index(make_rm, tok):
     assert off.status == "fail" and "last real token" in off.fix
 
 
+def test_reward_check_tolerance_follows_the_model_dtype(tok):
+    """`dtype: bfloat16` keeps the RM in bf16, whose rounding moves with the batch shape (~1e-2 on SmolLM2-size
+    models): that must pass in bf16 and fail in float32, where it would mean a real indexing mistake."""
+    from tether.models.scalar import sequence_scores
+
+    def shape_dependent(model, ids, mask):  # a score that drifts by 1e-2 per row in the batch, like bf16 rounding
+        return sequence_scores(model, ids, mask).float() + 1e-2 * ids.shape[0]
+
+    rm = llama_rm(len(tok)).eval()
+    assert check_reward_model(rm, tok, PROMPTS, COMPLETIONS, score_fn=shape_dependent).status == "fail"
+    res = check_reward_model(rm.to(torch.bfloat16), tok, PROMPTS, COMPLETIONS, score_fn=shape_dependent)
+    assert res.status == "pass", res.detail
+
+
 def test_encoder_reward_model_passes():
     assert check_reward_model(bert_rm().eval(), minilm_tok(), PROMPTS, COMPLETIONS).status == "pass"
 

@@ -7,6 +7,7 @@ checkpoints, resume, pre-emption and the NaN/Inf stop (``tether.algos.run_dir``,
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -225,14 +226,16 @@ class PPOTrainer:
         texts = [self.prompts[i] for i in idx for _ in range(cfg.samples_per_prompt)]
         batch = encode_prompts(self.tokenizer, texts, texts, cfg.max_prompt_length, cfg.prompt_truncation)
         torch.manual_seed(derive_seed(cfg.seed, "rollout", u))
-        rollout, gen_logprobs = generate(
-            self.policy, self.tokenizer, batch, response_length=cfg.response_length, temperature=cfg.temperature,
-            stop_at_eos=cfg.stop_at_eos, micro_batch_size=cfg.micro_batch_size,
-        )
+        with self._autocast():
+            rollout, gen_logprobs = generate(
+                self.policy, self.tokenizer, batch, response_length=cfg.response_length, temperature=cfg.temperature,
+                stop_at_eos=cfg.stop_at_eos, micro_batch_size=cfg.micro_batch_size,
+            )
         mask = rollout.response_mask
         t_gen = time.perf_counter()
         # 2. score: reference log-probs, rewards, critic values (no grad)
-        ref_logprobs = reference_logprobs(self.ref, rollout, cfg.temperature, cfg.micro_batch_size)
+        with self._autocast():
+            ref_logprobs = reference_logprobs(self.ref, rollout, cfg.temperature, cfg.micro_batch_size)
         scores, parts = combine_scores(self.rewards, rollout.prompts, rollout.completions, rollout, nonfinite="keep")
         skip = self._nonfinite_scores(scores, parts)  # NaN/Inf guard: nothing can be learned from this rollout
         if skip is not None:
@@ -244,7 +247,8 @@ class PPOTrainer:
         if cfg.score_clip is not None:
             scores = ops.clip_scores(scores, cfg.score_clip)
         crit_mask = ops.critic_mask(mask, cfg.score_placement)
-        values = rollout_values(self.critic, rollout, crit_mask, cfg.micro_batch_size) if self.critic else None
+        with self._autocast():
+            values = rollout_values(self.critic, rollout, crit_mask, cfg.micro_batch_size) if self.critic else None
         # 3. rewards: −β·KL at every token (KL-in-reward) and the score at one index
         kl = torch.where(mask, ops.kl_penalty(rollout.logprobs, ref_logprobs, cfg.kl_estimator,
                                               cfg.kl_log_ratio_clamp), 0.0)
@@ -336,11 +340,16 @@ class PPOTrainer:
                 finite = True
                 for micro_idx in plan.micro_batches(torch.arange(len(mb_idx))):
                     x = mb.select(micro_idx)
-                    if self._shared:  # one trunk pass gives logits and the hidden state the value head reads
-                        logits, hidden = causal_lm_logits_and_hidden(self.policy, x.query_response, x.attention_mask)
-                        logits = logits[:, q - 1 : -1]
-                    else:
-                        logits = causal_lm_logits(self.policy, x.query_response, x.attention_mask)[:, q - 1 : -1]
+                    with self._autocast():  # the model forwards; the log-prob and loss math below stay float32
+                        if self._shared:  # one trunk pass gives logits and the hidden state the value head reads
+                            logits, hidden = causal_lm_logits_and_hidden(self.policy, x.query_response,
+                                                                         x.attention_mask)
+                            logits = logits[:, q - 1 : -1]
+                            new_values = self.critic.values_from_hidden(hidden)[:, q - 1 : -1]
+                        else:
+                            logits = causal_lm_logits(self.policy, x.query_response, x.attention_mask)[:, q - 1 : -1]
+                            if self.critic is not None:
+                                new_values = critic_values(self.critic, x.query_response, x.attention_mask, q)
                     new_logprobs = ops.logprobs_from_logits(logits, x.query_response[:, q:], cfg.temperature)
                     pg_loss, pg = ops.clipped_policy_loss(
                         new_logprobs, x.logprobs, x.advantages, x.response_mask, clip_low=cfg.clip_eps,
@@ -360,8 +369,6 @@ class PPOTrainer:
                              "policy/clipfrac": float(pg["clipfrac"]), "policy/approx_kl": float(pg["approx_kl"]),
                              "policy/ratio_mean": float(pg["ratio_mean"])}
                     if self.critic is not None:
-                        new_values = (self.critic.values_from_hidden(hidden)[:, q - 1 : -1] if self._shared
-                                      else critic_values(self.critic, x.query_response, x.attention_mask, q))
                         vf_loss, vf = ops.clipped_value_loss(new_values, x.values, x.returns, x.critic_mask,
                                                              clip=cfg.value_clip, mode="token_mean", **vcounts)
                         loss = loss + cfg.vf_coef * vf_loss
@@ -501,6 +508,13 @@ class PPOTrainer:
         n = self.skip_streak
         return (f"update {self.update}: {n} update{'s' if n > 1 else ''} in a row without an optimizer step "
                 f"(last cause: {self._skip_reason}); stopped. Last good checkpoint: {last}")
+
+    def _autocast(self):
+        """``torch.autocast`` in ``cfg.autocast`` around model forwards, or nothing (``autocast: none``)."""
+        if self.cfg.autocast == "none":
+            return contextlib.nullcontext()
+        device = next(self.policy.parameters()).device
+        return torch.autocast(device.type, dtype=torch.bfloat16)
 
     @property
     def _shared(self) -> bool:

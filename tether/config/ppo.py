@@ -59,6 +59,11 @@ class PPOConfig(Section):
     """When the tokenizer has no pad token or pads with EOS: `add` a distinct `<|pad|>` token, or `refuse`."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights dtype of the frozen reference and reward models. The policy and critic train in float32."""
+    autocast: Literal["none", "bfloat16"] = "none"
+    """Run every model forward of the policy, reference and critic (generation, scoring, training) under
+    `torch.autocast` in this dtype: bf16 matmuls, float32 weights, optimizer state, log-prob and loss math. Faster
+    where the CPU/GPU has bf16 units; watch `rollout/logprob_mismatch_max` and
+    `policy/first_minibatch_ratio_dev`, which then measure bf16 rounding (docs/performance.md)."""
 
     # --- run length and batch sizes ---------------------------------------------------------------
     num_updates: int = Field(20, ge=1)
