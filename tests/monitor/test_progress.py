@@ -62,3 +62,19 @@ def test_evaluation_quiet_off_a_terminal_and_bar_on_one(policy_dir, capsys, monk
     evaluate_policies({"a": str(policy_dir)}, ["The movie was", "Why", "I think"], **kw)
     err = capsys.readouterr().err
     assert "eval a" in err and "3/3" in err
+
+
+def test_ppo_run_is_quiet_off_a_terminal(tmp_path, capfd, gpt2_tok, make_llama):
+    """Off a terminal a whole PPO run (with a critic, checkpoints, the final save and the report) writes no progress
+    bars, neither tether's nor transformers' own weight loading/saving bars."""
+    from tether.algos.ppo import PPOTrainer
+    from tether.config.ppo import PPOConfig
+
+    cfg = PPOConfig(output_dir=str(tmp_path / "run"), rollout_batch_size=4, micro_batch_size=4, response_length=6,
+                    num_updates=2, num_ppo_epochs=1, checkpoint_every=1)
+    PPOTrainer(cfg, policy=make_llama(len(gpt2_tok) + 1), tokenizer=gpt2_tok,
+               reward=lambda p, c: [float(len(x)) for x in c], prompts=["The movie was", "I think"]).train()
+    err = capfd.readouterr().err
+    assert (tmp_path / "run" / "final" / "critic" / "model.safetensors").is_file()
+    for bar in ("Writing model shards", "Loading weights", "it/s", "%|"):
+        assert bar not in err, err

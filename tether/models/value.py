@@ -60,5 +60,8 @@ class ValueModel(nn.Module):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         if trunk:
-            self.trunk.save_pretrained(str(out))
+            from tether.monitor.progress import library_bars
+
+            with library_bars():  # transformers' "Writing model shards" bar only on a terminal
+                self.trunk.save_pretrained(str(out))
         save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(out / "value_head.safetensors"))
