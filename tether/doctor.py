@@ -232,17 +232,13 @@ def check_zero_update(policy: nn.Module, tokenizer: Any, prompts: Sequence[str],
     the reference forward without any update: the ratio must be exactly 1 and the KL to the reference 0.
     ``reference`` defaults to the policy itself (the frozen copy is identical at update 0). ``logprob_fn(model, ids,
     mask, q, temperature, micro_batch_size)`` is the training log-prob computation under test."""
-    from tether.rollout.generate import encode_prompts, generate, response_logprobs
+    from tether.rollout.generate import response_logprobs
     from tether.rollout.score import reference_logprobs
 
     logprob_fn = logprob_fn or response_logprobs
     texts = list(prompts[:4])
-    batch = encode_prompts(tokenizer, texts, texts, 64, "left")
     was = policy.training
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        rollout, _ = generate(policy, tokenizer, batch, response_length=response_length, temperature=temperature,
-                              stop_at_eos=True, micro_batch_size=len(texts))
+    rollout, _ = _sample(policy, tokenizer, texts, temperature, response_length, seed)
     mask = rollout.response_mask
     if not bool(mask.any()):
         return CheckResult("zero_update", "skip", "every sampled completion was empty (immediate EOS)")
@@ -266,6 +262,18 @@ def check_zero_update(policy: nn.Module, tokenizer: Any, prompts: Sequence[str],
                    "all three, dropout off (tether.models.load.disable_dropout), the same padding and position ids")
 
 
+def _sample(policy: nn.Module, tokenizer: Any, texts: list[str], temperature: float, response_length: int,
+            seed: int):
+    """One seeded rollout of ``texts`` (left-padded, up to 64 prompt tokens) that leaves the global RNG as it was."""
+    from tether.rollout.generate import encode_prompts, generate
+
+    batch = encode_prompts(tokenizer, texts, texts, 64, "left")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return generate(policy, tokenizer, batch, response_length=response_length, temperature=temperature,
+                        stop_at_eos=True, micro_batch_size=len(texts))
+
+
 @torch.no_grad()
 def check_rollout_logprobs(policy: nn.Module, tokenizer: Any, prompts: Sequence[str], *, temperature: float,
                            response_length: int = 8, logprob_fn: Optional[LogprobFn] = None,
@@ -274,16 +282,12 @@ def check_rollout_logprobs(policy: nn.Module, tokenizer: Any, prompts: Sequence[
     """Log-probs the sampler used (``generate``'s processed scores) must match the training forward's at
     ``temperature``. ``sample_temperature``: the temperature the sampler actually applies (default: the same);
     ``logprob_fn``: the training log-prob computation under test."""
-    from tether.rollout.generate import encode_prompts, generate, response_logprobs
+    from tether.rollout.generate import response_logprobs
 
     logprob_fn = logprob_fn or response_logprobs
     texts = list(prompts[:4])
-    batch = encode_prompts(tokenizer, texts, texts, 64, "left")
     t_sample = temperature if sample_temperature is None else sample_temperature
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        rollout, gen_lp = generate(policy, tokenizer, batch, response_length=response_length, temperature=t_sample,
-                                   stop_at_eos=True, micro_batch_size=len(texts))
+    rollout, gen_lp = _sample(policy, tokenizer, texts, t_sample, response_length, seed)
     mask = rollout.response_mask
     if not bool(mask.any()):
         return CheckResult("rollout_logprobs", "skip", "every sampled completion was empty (immediate EOS)")
