@@ -310,6 +310,14 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
     return args
 
 
+def command_overrides(args: argparse.Namespace) -> list[str]:
+    """Every ``KEY=VALUE`` override of a parsed config command: those typed, then ``--quick`` and ``--resume``."""
+    overrides = list(args.overrides)
+    if getattr(args, "quick", False):
+        overrides.append("quick=true")
+    return overrides + _resume_overrides(args)
+
+
 def _cwd_on_path() -> Optional[str]:
     """Put the current directory first on ``sys.path`` as ``python -m tether`` does (the ``tether`` console script
     puts its own bin directory there instead), so ``reward_fn=my_rewards:score`` finds ``./my_rewards.py`` either way.
@@ -349,11 +357,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 2
         if args.command == "report":
             return _run_report(args)
-        overrides = list(args.overrides)
-        if getattr(args, "quick", False):
-            overrides.append("quick=true")
-        overrides += _resume_overrides(args)
-        cfg = parse_config(args.command, args.config, overrides)
+        cfg = parse_config(args.command, args.config, command_overrides(args))
         _quiet_libraries()
         return RUNNERS[args.command](cfg)
     except KeyboardInterrupt:

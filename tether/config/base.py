@@ -85,7 +85,8 @@ def nested_section(cls: type[BaseModel], key: str) -> type[BaseModel] | None:
     if field is None:
         return None
     ann = field.annotation
-    for a in (ann, *typing.get_args(ann)):
+    union = typing.get_origin(ann) in (typing.Union, types.UnionType)
+    for a in (ann, *(typing.get_args(ann) if union else ())):
         if isinstance(a, type) and issubclass(a, BaseModel):
             return a
     return None
