@@ -97,19 +97,22 @@ def test_bad_flags_one_line(argv, expect, capsys, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------ did you mean
 
 
+U = "unknown option (see --help for the valid ones); did you mean"
+
+
 @pytest.mark.parametrize("argv, expect", [
-    (["ppo", "kl_cof=0.1"], "kl_cof: unknown option; did you mean kl_coef"),
-    (["ppo", "--kl_cof=0.1"], "kl_cof: unknown option; did you mean kl_coef"),
-    (["ppo", "eval_every=3"], "eval_every: unknown option; did you mean monitor.eval_every"),
-    (["ppo", "monitor.alarms.kl_mx=3"], "monitor.alarms.kl_mx: unknown option; did you mean monitor.alarms.kl_max?"),
+    (["ppo", "kl_cof=0.1"], f"kl_cof: {U} kl_coef"),
+    (["ppo", "--kl_cof=0.1"], f"kl_cof: {U} kl_coef"),
+    (["ppo", "eval_every=3"], f"eval_every: {U} monitor.eval_every"),
+    (["ppo", "monitor.alarms.kl_mx=3"], f"monitor.alarms.kl_mx: {U} monitor.alarms.kl_max?"),
     (["ppo", "rewards=[{kind: python, path: 'a:b', wieght: 2}]"],
-     "rewards.0.wieght: unknown option; did you mean rewards.0.weight?"),
-    (["ppo", "learning_rat=1e-5"], "learning_rat: unknown option; did you mean learning_rate?"),
+     f"rewards.0.wieght: {U} rewards.0.weight?"),
+    (["ppo", "learning_rat=1e-5"], f"learning_rat: {U} learning_rate?"),
     (["pipeline", "sft.train_file=a", "rm.train_file=b", "ppo.monitor.eval_evry=3"],
-     "ppo.monitor.eval_evry: unknown option; did you mean ppo.monitor.eval_every"),
-    (["sft", "train_file=a", "num_epoch=2"], "num_epoch: unknown option; did you mean num_epochs"),
+     f"ppo.monitor.eval_evry: {U} ppo.monitor.eval_every"),
+    (["sft", "train_file=a", "num_epoch=2"], f"num_epoch: {U} num_epochs"),
     (["eval", "policies={a: x}", "prompts=p", "reference=r", "judgs=[vader]"], "did you mean judges?"),
-    (["ppo", "zzzzzz=1"], "zzzzzz: unknown option (see --help"),
+    (["ppo", "zzzzzz=1"], "zzzzzz: unknown option (see --help for the valid ones)"),
 ])
 def test_did_you_mean(argv, expect, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

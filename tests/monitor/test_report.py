@@ -133,7 +133,7 @@ def test_one_quantity_per_axis(run_dir, tmp_path):
                 assert len(owners) == 1, (pid, row.label, owners)
     kl_rows = [r.label for r in panel_rows("kl", runs)]
     assert kl_rows == ["KL (nats / sequence)", "KL coefficient β"]
-    assert [r.label for r in panel_rows("overopt", runs)] == ["proxy reward", "afinn score", "vader score"]
+    assert [r.label for r in panel_rows("overopt", runs)] == ["proxy reward", "vader score", "afinn score"]
 
 
 def test_text_is_at_least_12_px(run_dir):

@@ -68,7 +68,7 @@ def format_validation_error(err: ValidationError, prefix: str = "", cls: type[Ba
             names = suggest(cls, first["loc"], extra_names)
             parent = "".join(f"{p}." for p in (prefix, *map(str, first["loc"][:-1])) if p)
             hint = f"; did you mean {' or '.join(parent + n for n in names)}?" if names else ""
-        return f"{field}: unknown option{hint} (see --help for the valid ones)"
+        return f"{field}: unknown option (see --help for the valid ones){hint}"
     if first["type"] == "missing":
         return f"{field}: required option is missing"
     input_ = first.get("input")

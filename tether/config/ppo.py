@@ -207,7 +207,7 @@ class PPOConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _shortcuts(cls, data: Any) -> Any:
-        """`reward_model`, `reward_fn`, `total_episodes` → `rewards` entries / `num_updates` (tether.config.shortcuts)."""
+        """`reward_model`, `reward_fn`, `total_episodes` → `rewards` entries, `num_updates` (config/shortcuts.py)."""
         from tether.config.shortcuts import expand_ppo_shortcuts
 
         return expand_ppo_shortcuts(data)

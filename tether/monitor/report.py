@@ -311,7 +311,8 @@ def _runs_table(runs: Sequence[RunData]) -> str:
         t = " · ".join(f"{k} {_fmt_duration(v)}" for k, v in times.items()) if times else "n/a"
         b = best_update(r)
         if b is not None:
-            best = f"{_e(b.metric)} = {b.value:.4g} at {r.step_key} {b.at} ({'highest' if b.mode == 'max' else 'lowest'})"
+            which = "highest" if b.mode == "max" else "lowest"
+            best = f"{_e(b.metric)} = {b.value:.4g} at {r.step_key} {b.at} ({which})"
         else:
             best = "no held-out evaluation" + (" (monitor.eval_every keeps best/)" if r.stage == "ppo" else "")
         if r.stage == "ppo":

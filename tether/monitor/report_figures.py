@@ -189,7 +189,8 @@ def summary_png(runs: Sequence[Any], dpi: int = 100) -> bytes:
             color, dash = _style(s, many)
             ls = {"solid": "-", "dash": "--", "dot": ":", "dashdot": "-."}[dash]
             if s.kind == "context":
-                ax.plot(s.x, s.y, color=color if many else "#7f7f7f", alpha=0.6, linewidth=1.2, linestyle=ls, label=s.name)
+                ax.plot(s.x, s.y, color=color if many else "#7f7f7f", alpha=0.6, linewidth=1.2, linestyle=ls,
+                        label=s.name)
             elif s.kind == "points":
                 yerr = None if s.lo is None or s.hi is None else [
                     [y - lo for y, lo in zip(s.y, s.lo)], [hi - y for y, hi in zip(s.y, s.hi)]]
@@ -202,7 +203,10 @@ def summary_png(runs: Sequence[Any], dpi: int = 100) -> bytes:
             else:
                 ax.plot(s.x, s.y, color=color, linewidth=1.6, linestyle=ls, marker="o" if len(s.y) < 10 else None,
                         markersize=3, label=s.name)
-        title = OVEROPT_TITLE.split(":")[0] + f": {row.label} vs √KL" if pid == "overopt" else panel(pid).title
+        if pid == "overopt":
+            title = OVEROPT_TITLE.split(":")[0] + f": {row.label} vs √KL"
+        else:  # a panel of several quantities shows one of them here: title it by that quantity
+            title = panel(pid).title if len(rows) == 1 else row.label[:1].upper() + row.label[1:]
         ax.set_title(title, fontsize=12)
         ax.set_xlabel("√KL (nats / sequence)" if pid == "overopt" else "update", fontsize=10)
         ax.set_ylabel(row.label, fontsize=10)

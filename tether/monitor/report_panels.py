@@ -301,7 +301,7 @@ def overopt_rows(runs: Sequence[RunData]) -> list[Row]:
             order = sorted(range(len(xs)), key=lambda i: xs[i])
             proxy.series.append(Series(f"{pre}proxy: training score", r_i, 0, [xs[i] for i in order],
                                        [ys[i] for i in order], kind="context"))
-        for s_i, (name, pts) in enumerate(sorted(series.items())):
+        for s_i, (name, pts) in enumerate(series.items()):  # judges in the order the run logged them
             row = proxy if name.startswith("proxy") else judges.setdefault(
                 name.removesuffix(" (eval)"), Row(f"{name.removesuffix(' (eval)')} score"))
             bars = all(p[2] is not None and p[3] is not None for p in pts)
