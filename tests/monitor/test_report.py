@@ -12,13 +12,11 @@ from html.parser import HTMLParser
 import pytest
 from _streams import healthy, write_run
 
-pytest.importorskip("plotly")
-
-from tether.cli import main  # noqa: E402
-from tether.errors import DataError  # noqa: E402
-from tether.monitor import report_figures as figures  # noqa: E402
-from tether.monitor.report import best_update, config_diff, load_run, run_times, write_report  # noqa: E402
-from tether.monitor.report_panels import PLOT_IDS, panel, panel_rows, smooth  # noqa: E402
+from tether.cli import main
+from tether.errors import DataError
+from tether.monitor import report_figures as figures
+from tether.monitor.report import best_update, config_diff, load_run, run_times, write_report
+from tether.monitor.report_panels import PLOT_IDS, panel, panel_rows, smooth
 
 VOID = {"meta", "img", "br", "hr", "link", "input"}
 
@@ -77,7 +75,7 @@ def run_dir(tmp_path):
 
 
 def _traces(fig) -> list[dict]:
-    return fig.to_plotly_json()["data"]
+    return fig["data"]
 
 
 def test_report_has_every_plot_with_data(run_dir, tmp_path):
@@ -117,7 +115,7 @@ def test_one_quantity_per_axis(run_dir, tmp_path):
     runs = [load_run(run_dir), load_run(b)]
     for pid in (p for p in PLOT_IDS if not p.startswith("stage-")):
         fig = figures.figure(pid, runs)
-        layout = fig.to_plotly_json()["layout"]
+        layout = fig["layout"]
         yaxes = [k for k in layout if k.startswith("yaxis")]
         assert all("overlaying" not in layout[k] for k in yaxes), pid
         rows = panel_rows(pid, runs)
@@ -139,7 +137,7 @@ def test_one_quantity_per_axis(run_dir, tmp_path):
 def test_text_is_at_least_12_px(run_dir):
     runs = [load_run(run_dir)]
     for pid in (p for p in PLOT_IDS if not p.startswith("stage-")):
-        layout = figures.figure(pid, runs).to_plotly_json()["layout"]
+        layout = figures.figure(pid, runs)["layout"]
         assert layout["font"]["size"] >= 12 and layout["legend"]["font"]["size"] >= 12
         for k, ax in layout.items():
             if k.startswith(("xaxis", "yaxis")):
@@ -169,7 +167,7 @@ def test_smoothing_keeps_the_raw_values_and_says_so(run_dir):
     raw = next(t for t in traces if t["name"] == "objective/score (raw)")
     sm = next(t for t in traces if t["name"] == "objective/score (smoothed)")
     assert raw["opacity"] < 1 and sm["line"]["width"] > raw["line"]["width"]
-    slider = fig.to_plotly_json()["layout"]["sliders"][0]
+    slider = fig["layout"]["sliders"][0]
     assert "smoothing" in slider["currentvalue"]["prefix"] and "raw" in slider["currentvalue"]["prefix"]
     labels = [st["label"] for st in slider["steps"]]
     assert labels[0] == "off" and all(int(x) < 30 for x in labels[1:])

@@ -105,7 +105,7 @@ def test_report_renders_in_a_browser_with_every_plot_drawn(page):
     assert console == [], console
     runs = [load_run(d) for d in dirs]
     figs = {f"fig-{pid}": figure(pid, runs) for pid in PLOT_IDS if has_stage(pid, runs)}
-    expected = {k: len(f.data) for k, f in figs.items() if f is not None}
+    expected = {k: len(f["data"]) for k, f in figs.items() if f is not None}
     assert len(expected) == len(PLOT_IDS)  # every plot of the report applies to these runs
     got = drawn(dom)
     assert set(got) == set(expected), (sorted(got), sorted(expected))

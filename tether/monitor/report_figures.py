@@ -10,6 +10,8 @@ larger.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -38,12 +40,22 @@ CONFIG = {"displaylogo": False, "responsive": True, "scrollZoom": False,
 
 def _plotly():
     try:
-        import plotly.graph_objects as go
         import plotly.io as pio
         from plotly.subplots import make_subplots
     except ImportError:
         raise ImportError("the report needs plotly: pip install 'tether[report]'") from None
-    return go, pio, make_subplots
+    return pio, make_subplots
+
+
+@functools.lru_cache(maxsize=None)
+def _grid(n: int) -> str:
+    """plotly's layout of ``n`` rows over one shared x axis (JSON; made once per n: building figures through
+    plotly's validating classes costs ~0.2 s each, the figures themselves are plain dicts)."""
+    _, make_subplots = _plotly()
+    layout = make_subplots(rows=n, cols=1, shared_xaxes=True, vertical_spacing=min(0.09, 0.35 / n)).to_plotly_json()
+    layout = layout["layout"]
+    layout.pop("template", None)
+    return json.dumps(layout)
 
 
 def require_plotly() -> None:
@@ -69,9 +81,15 @@ def _window_label(w: int) -> str:
     return "off" if w <= 1 else str(w)
 
 
-def figure(panel_id: str, runs: Sequence[Any], rows: Optional[list[Row]] = None):
-    """The plotly figure of one panel for ``runs``, or None when no run logged any of its series."""
-    go, _, make_subplots = _plotly()
+def _scatter(s: Series, row: int, **kw: Any) -> dict[str, Any]:
+    axis = "" if row == 1 else str(row)
+    return {"type": "scatter", "x": s.x, "xaxis": f"x{axis}", "yaxis": f"y{axis}", "legendgroup": s.name,
+            "hovertemplate": "%{y:.4g}", **kw}
+
+
+def figure(panel_id: str, runs: Sequence[Any], rows: Optional[list[Row]] = None) -> Optional[dict[str, Any]]:
+    """The plotly figure (``{"data": [...], "layout": {...}}``) of one panel for ``runs``, or None when no run
+    logged any of its series."""
     rows = panel_rows(panel_id, runs) if rows is None else rows
     if not rows:
         return None
@@ -80,7 +98,8 @@ def figure(panel_id: str, runs: Sequence[Any], rows: Optional[list[Row]] = None)
     xlabel = "√KL to the reference (KL in nats / sequence)" if panel_id == "overopt" else (
         "optimizer step" if panel_id.startswith("stage-") else "update")
     n = len(rows)
-    fig = make_subplots(rows=n, cols=1, shared_xaxes=True, vertical_spacing=min(0.09, 0.35 / n))
+    layout: dict[str, Any] = json.loads(_grid(n))
+    data: list[dict[str, Any]] = []
     smoothed: list[tuple[int, Series]] = []  # (trace index, series) of the smoothed curves
     longest = max(len(s.y) for r in rows for s in r.series)
     w0 = default_window(longest)
@@ -88,43 +107,42 @@ def figure(panel_id: str, runs: Sequence[Any], rows: Optional[list[Row]] = None)
     for r_i, row in enumerate(rows, start=1):
         for s in row.series:
             color, dash = _style(s, many)
-            common = {"x": s.x, "legendgroup": s.name, "hovertemplate": "%{y:.4g}"}
             if s.kind == "context":
-                fig.add_trace(go.Scatter(y=s.y, mode="lines", name=s.name, opacity=0.6,
-                                         line={"color": color if many else "#7f7f7f", "width": 1.5, "dash": dash},
-                                         **common),
-                              row=r_i, col=1)
+                data.append(_scatter(s, r_i, y=s.y, mode="lines", name=s.name, opacity=0.6,
+                                     line={"color": color if many else "#7f7f7f", "width": 1.5, "dash": dash}))
             elif s.kind == "points":
-                err = None
+                trace = _scatter(s, r_i, y=s.y, mode="lines+markers", name=s.name, marker={"size": 8},
+                                 line={"color": color, "width": 2, "dash": dash})
                 if s.lo is not None and s.hi is not None:
-                    err = {"type": "data", "symmetric": False, "array": [h - y for h, y in zip(s.hi, s.y)],
-                           "arrayminus": [y - lo for lo, y in zip(s.lo, s.y)], "thickness": 1.5, "width": 5}
-                fig.add_trace(go.Scatter(y=s.y, mode="lines+markers", name=s.name, error_y=err,
-                                         line={"color": color, "width": 2, "dash": dash}, marker={"size": 8},
-                                         **common), row=r_i, col=1)
+                    trace["error_y"] = {"type": "data", "symmetric": False,
+                                        "array": [h - y for h, y in zip(s.hi, s.y)],
+                                        "arrayminus": [y - lo for lo, y in zip(s.lo, s.y)], "thickness": 1.5,
+                                        "width": 5}
+                data.append(trace)
             elif smoothable and len(s.y) >= MIN_SMOOTH:
-                fig.add_trace(go.Scatter(y=s.y, mode="lines", name=f"{s.name} (raw)", showlegend=False,
-                                         opacity=0.35, line={"color": color, "width": 1, "dash": dash}, **common),
-                              row=r_i, col=1)
-                smoothed.append((len(fig.data), s))
-                fig.add_trace(go.Scatter(y=smooth(s.y, w0), mode="lines", name=f"{s.name} (smoothed)",
-                                         line={"color": color, "width": 2.5, "dash": dash}, **common),
-                              row=r_i, col=1)
+                data.append(_scatter(s, r_i, y=s.y, mode="lines", name=f"{s.name} (raw)", showlegend=False,
+                                     opacity=0.35, line={"color": color, "width": 1, "dash": dash}))
+                smoothed.append((len(data), s))
+                data.append(_scatter(s, r_i, y=smooth(s.y, w0), mode="lines", name=f"{s.name} (smoothed)",
+                                     line={"color": color, "width": 2.5, "dash": dash}))
             else:
-                fig.add_trace(go.Scatter(y=s.y, mode="lines+markers" if len(s.y) < MIN_SMOOTH else "lines",
-                                         name=s.name, line={"color": color, "width": 2, "dash": dash},
-                                         marker={"size": 6}, **common), row=r_i, col=1)
-        fig.update_yaxes(title_text=row.label, row=r_i, col=1)
-    fig.update_xaxes(title_text=xlabel, row=n, col=1)
-    fig.update_xaxes(showgrid=True, gridcolor="#e5e5e5", zeroline=False, tickfont={"size": 12})
-    fig.update_yaxes(showgrid=True, gridcolor="#e5e5e5", exponentformat="e", tickfont={"size": 12},
-                     title_font={"size": 13})
-    layout: dict[str, Any] = {
-        "height": 150 + 240 * n + (70 if smoothed else 0), "font": FONT, "template": "plotly_white",
-        "hovermode": "x unified", "margin": {"l": 80, "r": 30, "t": 30, "b": 60},
+                data.append(_scatter(s, r_i, y=s.y, mode="lines+markers" if len(s.y) < MIN_SMOOTH else "lines",
+                                     name=s.name, line={"color": color, "width": 2, "dash": dash},
+                                     marker={"size": 6}))
+        layout["yaxis" if r_i == 1 else f"yaxis{r_i}"]["title"] = {"text": row.label, "font": {"size": 13}}
+    layout["xaxis" if n == 1 else f"xaxis{n}"]["title"] = {"text": xlabel, "font": {"size": 13}}
+    for k, ax in layout.items():
+        if k.startswith("xaxis"):
+            ax.update(showgrid=True, gridcolor="#e5e5e5", zeroline=False, tickfont={"size": 12})
+        elif k.startswith("yaxis"):
+            ax.update(showgrid=True, gridcolor="#e5e5e5", zerolinecolor="#cccccc", exponentformat="e",
+                      tickfont={"size": 12}, automargin=True)
+    layout.update({
+        "height": 150 + 240 * n + (70 if smoothed else 0), "font": FONT, "plot_bgcolor": "white",
+        "paper_bgcolor": "white", "hovermode": "x unified", "margin": {"l": 80, "r": 30, "t": 30, "b": 60},
         "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.01, "xanchor": "left", "x": 0,
                    "font": {"size": 12}},
-    }
+    })
     if smoothed:
         unit = "updates" if xlabel == "update" else "steps"
         steps = []
@@ -138,15 +156,14 @@ def figure(panel_id: str, runs: Sequence[Any], rows: Optional[list[Row]] = None)
                               "currentvalue": {"prefix": f"smoothing — centred mean over this many {unit} "
                                                          "(pale lines: raw values): ", "font": {"size": 13}},
                               "font": {"size": 12}, "len": 0.6}]
-    fig.update_layout(**layout)
-    return fig
+    return {"data": data, "layout": layout}
 
 
 def figure_html(fig, div_id: str) -> str:
     """A figure as a ``<div>`` and the ``<script>`` that draws it (plotly.js must be on the page already)."""
-    _, pio, _ = _plotly()
-    return pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=div_id, config=CONFIG,
-                       default_width="100%", default_height=f"{fig.layout.height}px")
+    pio, _ = _plotly()
+    return pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=div_id, config=CONFIG, validate=False,
+                       default_width="100%", default_height=f"{fig['layout']['height']}px")
 
 
 # ------------------------------------------------------------------------------------------------ the PNG summary
