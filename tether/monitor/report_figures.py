@@ -111,9 +111,10 @@ def figure(panel_id: str, runs: Sequence[Any], rows: Optional[list[Row]] = None)
                 data.append(_scatter(s, r_i, y=s.y, mode="lines", name=s.name, opacity=0.6,
                                      line={"color": color if many else "#7f7f7f", "width": 1.5, "dash": dash}))
             elif s.kind == "points":
-                trace = _scatter(s, r_i, y=s.y, mode="lines+markers", name=s.name, marker={"size": 8},
-                                 line={"color": color, "width": 2, "dash": dash})
-                if s.lo is not None and s.hi is not None:
+                bars = s.lo is not None and s.hi is not None  # compared policies: points, not a path
+                trace = _scatter(s, r_i, y=s.y, mode="markers" if bars else "lines+markers", name=s.name,
+                                 marker={"size": 9 if bars else 8}, line={"color": color, "width": 2, "dash": dash})
+                if bars:
                     trace["error_y"] = {"type": "data", "symmetric": False,
                                         "array": [h - y for h, y in zip(s.hi, s.y)],
                                         "arrayminus": [y - lo for lo, y in zip(s.lo, s.y)], "thickness": 1.5,
@@ -212,7 +213,7 @@ def summary_png(runs: Sequence[Any], dpi: int = 100) -> bytes:
                 yerr = None if s.lo is None or s.hi is None else [
                     [y - lo for y, lo in zip(s.y, s.lo)], [hi - y for y, hi in zip(s.y, s.hi)]]
                 ax.errorbar(s.x, s.y, yerr=yerr, color=color, marker="o", markersize=4, linewidth=1.5, capsize=3,
-                            linestyle=ls, label=s.name)
+                            linestyle="none" if yerr is not None else ls, label=s.name)
             elif smoothable and len(s.y) >= MIN_SMOOTH:
                 ax.plot(s.x, s.y, color=color, alpha=0.3, linewidth=0.8, linestyle=ls)
                 ax.plot(s.x, smooth(s.y, default_window(len(s.y))), color=color, linewidth=1.8, linestyle=ls,

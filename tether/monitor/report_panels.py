@@ -104,7 +104,8 @@ class Series:
     lo: Optional[list[float]] = None
     hi: Optional[list[float]] = None
     kind: str = "line"
-    """``line`` (a curve over x, smoothable), ``points`` (evaluations: lines with markers), ``context`` (grey)."""
+    """``line`` (a curve over x, smoothable), ``points`` (evaluations: markers, joined unless they have error bars),
+    ``context`` (the training score along √KL, for context)."""
 
 
 @dataclass
