@@ -2,8 +2,11 @@
 
 Each command reads a YAML config plus KEY=VALUE overrides into a typed config and calls the Python API.
 
-``tether ppo --config ppo.yaml kl_coef=0.1 policy=runs/sft``; nested sections use dots (``ppo.kl_coef=0.1``).
-``tether <command> --help`` lists every option with its type, default and meaning, generated from the config class.
+``tether ppo --config ppo.yaml kl_coef=0.1 policy=runs/sft``; nested sections use dots (``ppo.kl_coef=0.1``). The
+same overrides may be typed as flags (``--kl_coef 0.1``, ``--ppo.kl_coef=0.1``, ``--no-stop_at_eos``;
+``tether.config.flags``), and the TRL / ``Trainer`` names users bring are aliases (``learning_rate``, ``cliprange``,
+…; ``tether.config.aliases``, docs/cli.md). ``tether <command> --help`` lists every option with its type, default and
+meaning, grouped by section and generated from the config class.
 User errors print one line ``tether: error: <message>`` and exit 2; ``--debug`` shows tracebacks. Other exit codes
 (docs/reliability.md): 3 a run stopped by repeated NaN/Inf, 75 pre-empted by SIGTERM/Ctrl-C after writing a checkpoint
 (run the same command again to resume), 130 aborted, 1 anything else.
@@ -12,6 +15,7 @@ User errors print one line ``tether: error: <message>`` and exit 2; ``--debug`` 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -144,19 +148,77 @@ def _require_dir(path: Optional[str], what: str) -> None:
 # ---------------------------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from tether.config.base import help_lines
+def _version() -> str:
+    """``tether X (python Y, torch Z, transformers W)`` from the installed metadata (nothing heavy is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    from tether import __version__
+
+    parts = [f"python {sys.version.split()[0]}"]
+    for dist in ("torch", "transformers"):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:  # pragma: no cover
+            parts.append(f"{dist} not installed")
+    return f"{PROG} {__version__} ({', '.join(parts)})"
+
+
+def command_flags(name: str) -> dict[str, bool]:
+    """The flags of a config command itself (not config options), each with whether it takes a value; every other
+    ``--name`` on its command line is a config option (``tether.config.flags``)."""
+    flags = {"-h": False, "--help": False, "--config": True, "--debug": False}
+    if name == "demo":
+        flags["--quick"] = False
+    if name in RESUMABLE:
+        flags.update({"--resume": True, "--no-resume": False})
+    return flags
+
+
+def _options_help(name: str, cls: type) -> str:
+    """The option list of a config command's ``--help``: grouped, wrapped, then the shortcuts and TRL aliases."""
+    import shutil
+    import textwrap
+
+    from tether.config.aliases import aliases_of
+    from tether.config.base import help_text
+    from tether.config.shortcuts import SHORTCUTS
+
+    width = max(shutil.get_terminal_size((100, 24)).columns - 2, 50)
+    text = help_text(cls, width, indent=2)
+    wrap = dict(width=width, initial_indent="  ", subsequent_indent="      ", break_long_words=False,
+                break_on_hyphens=False)
+    if name in ("ppo", "doctor"):
+        text += "\n  [shortcuts, expanded before validation]\n" + "\n".join(
+            textwrap.fill(f"{k}: {v}", **wrap) for k, v in SHORTCUTS.items())
+    elif name in ("pipeline", "demo"):
+        text += "\n\n" + textwrap.fill("ppo.reward_model=DIR, ppo.reward_fn=FILE.py:fn and ppo.total_episodes=N "
+                                         "are the PPO shortcuts (see `tether ppo --help`).", **wrap)
+    table = aliases_of(cls)
+    if table:
+        items = [f"{a.name}→{a.target}" + "".join(f"+{o}" for o in a.also) for a in table.values() if a.target]
+        refused = [a.name for a in table.values() if a.refuse]
+        text += "\n\n" + textwrap.fill("TRL / Trainer names accepted: " + ", ".join(items) + ". Refused with the "
+                                         "fix (their meaning differs): " + ", ".join(refused) + ". docs/cli.md has "
+                                         "the table.", **wrap)
+    elif name in ("pipeline", "demo"):
+        text += "\n" + textwrap.fill("The sft., rm. and ppo. sections take the TRL / Trainer names of their stage "
+                                      "(`tether sft --help`, docs/cli.md).", **wrap)
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version(),
+                        help="print the version (and those of python, torch, transformers) and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (cls, summary) in _config_classes().items():
         doc = " ".join((cls.__doc__ if name != "doctor" and cls.__doc__ else summary).split())
-        options = "\n".join("  " + line for line in help_lines(cls))
         p = sub.add_parser(
-            name, help=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
-            description=f"{doc}\n\nOptions, given in the YAML file or as KEY=VALUE (nested keys with dots):\n{options}",
+            name, help=summary, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+            description=f"{doc}\n\nOptions, given in the YAML file, as KEY=VALUE or as --KEY VALUE (nested keys "
+                        f"with dots; booleans also as --KEY / --no-KEY):\n{_options_help(name, cls)}",
             epilog=f"example: {PROG} {name} {_example(name)}",
         )
         p.add_argument("--config", metavar="FILE", help="YAML file of options (overrides on the command line win)")
@@ -165,14 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--quick", action="store_true", help="smoke-size run of a few minutes (quick=true)")
         if name in RESUMABLE:
             _add_resume_flags(p)
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="option overrides, values parsed as YAML")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="option overrides, values parsed as YAML (or --KEY VALUE)")
     p = sub.add_parser("report", help="HTML report of one or more runs (several runs overlay their curves)",
-                       description="Write one self-contained HTML file (plots embedded) from run directories: a "
-                       "stage's output_dir (metrics.jsonl, samples.jsonl, ...) or a pipeline/demo directory.",
+                       description="Write one self-contained HTML file (interactive plots, their script embedded, "
+                       "nothing fetched) from run directories: a stage's output_dir (metrics.jsonl, samples.jsonl, "
+                       "...) or a pipeline/demo directory.",
                        epilog=f"example: {PROG} report runs/demo runs/other --out compare.html")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories to report on")
     p.add_argument("--out", metavar="FILE", help="HTML file to write (default: RUN_DIR/report.html of the first)")
-    p.add_argument("--png", metavar="FILE", help="also save the main plots as one PNG image")
+    p.add_argument("--png", metavar="FILE", help="also save the main plots as one PNG image (needs matplotlib)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return parser
 
@@ -216,15 +280,53 @@ def _example(name: str) -> str:
 
 
 def parse_config(command: str, config: Optional[str], overrides: list[str]):
-    """The validated config of ``command`` from an optional YAML file and overrides."""
-    from tether.config.base import load
+    """The validated config of ``command`` from an optional YAML file and ``KEY=VALUE`` overrides (TRL names
+    resolved, ``tether.config.aliases``)."""
+    from tether.config.aliases import load_user_config
     from tether.errors import ConfigError
 
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE (e.g. kl_coef=0.1); options start with --")
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE (e.g. kl_coef=0.1) or --KEY VALUE")
     cls = _config_classes()[command][0]
-    return load(cls, config, overrides)
+    return load_user_config(cls, config, overrides)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """argparse for the command's own flags; every other ``--name`` of a config command is a config option turned
+    into a ``KEY=VALUE`` override (``tether.config.flags.split_flags``), kept in the order typed."""
+    from tether.config.aliases import extra_options
+    from tether.config.flags import split_flags
+
+    at = next((i for i, t in enumerate(argv) if not t.startswith("-")), None)
+    classes = _config_classes()
+    if at is None or argv[at] not in classes:
+        return parser.parse_args(argv)
+    command = argv[at]
+    flags, overrides = split_flags(classes[command][0], argv[at + 1:], command_flags(command), command,
+                                   extra_options)
+    args = parser.parse_args([*argv[: at + 1], *flags])
+    args.overrides = [*args.overrides, *overrides]
+    return args
+
+
+def command_overrides(args: argparse.Namespace) -> list[str]:
+    """Every ``KEY=VALUE`` override of a parsed config command: those typed, then ``--quick`` and ``--resume``."""
+    overrides = list(args.overrides)
+    if getattr(args, "quick", False):
+        overrides.append("quick=true")
+    return overrides + _resume_overrides(args)
+
+
+def _cwd_on_path() -> Optional[str]:
+    """Put the current directory first on ``sys.path`` as ``python -m tether`` does (the ``tether`` console script
+    puts its own bin directory there instead), so ``reward_fn=my_rewards:score`` finds ``./my_rewards.py`` either way.
+    Returns the entry added (removed again when the command ends), or None when it was there already."""
+    cwd = os.getcwd()
+    if any(p in ("", ".") or (p and os.path.abspath(p) == cwd) for p in sys.path):
+        return None
+    sys.path.insert(0, cwd)
+    return cwd
 
 
 def _quiet_libraries() -> None:
@@ -246,19 +348,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of the ``tether`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    added = _cwd_on_path()
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parse_args(parser, argv)
         if args.command is None:
             parser.print_help()
             return 2
         if args.command == "report":
             return _run_report(args)
-        overrides = list(args.overrides)
-        if getattr(args, "quick", False):
-            overrides.append("quick=true")
-        overrides += _resume_overrides(args)
-        cfg = parse_config(args.command, args.config, overrides)
+        cfg = parse_config(args.command, args.config, command_overrides(args))
         _quiet_libraries()
         return RUNNERS[args.command](cfg)
     except KeyboardInterrupt:
@@ -282,6 +381,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{PROG}: error: unexpected {type(err).__name__}: {msg} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+    finally:
+        if added is not None and added in sys.path:
+            sys.path.remove(added)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,10 +7,14 @@ afterwards, and derived sizes live elsewhere (never written back into a config).
 
 from __future__ import annotations
 
+import difflib
+import shutil
+import textwrap
 import types
 import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -42,32 +46,115 @@ ResumeSpec = Annotated[str, AfterValidator(_resume_spec)]
 """The type of every stage's ``resume`` option: ``auto``, ``never`` or a checkpoint directory."""
 
 
-def format_validation_error(err: ValidationError, prefix: str = "") -> str:
-    """One line naming the dotted field, the problem and the value given (the first error only)."""
+def format_validation_error(err: ValidationError, prefix: str = "", cls: type[BaseModel] | None = None,
+                            given: Mapping[str, str] | None = None,
+                            extra_names: Callable[[type], Iterable[str]] | None = None) -> str:
+    """One line naming the dotted field, the problem and the value given (the first error only).
+
+    With ``cls``, an unknown option gets "did you mean …" from the option names at that level (and ``extra_names``,
+    e.g. the TRL aliases the level accepts) or a nested option of that name; ``given`` maps a tether path to the name
+    the user typed (an alias), which the line then mentions."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
     field = ".".join(x for x in (prefix, loc) if x)
+    alias = (given or {}).get(loc)
+    as_given = f" (given as {alias})" if alias and alias != loc else ""
     msg = first["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     if first["type"] == "extra_forbidden":
-        return f"{field}: unknown option (see --help for the valid ones)"
+        hint = ""
+        if cls is not None:
+            names = suggest(cls, first["loc"], extra_names)
+            parent = "".join(f"{p}." for p in (prefix, *map(str, first["loc"][:-1])) if p)
+            hint = f"; did you mean {' or '.join(parent + n for n in names)}?" if names else ""
+        return f"{field}: unknown option (see --help for the valid ones){hint}"
     if first["type"] == "missing":
         return f"{field}: required option is missing"
-    given = first.get("input")
-    shown = "" if isinstance(given, (dict, list)) else f" (got {given!r})"
+    input_ = first.get("input")
+    shown = "" if isinstance(input_, (dict, list)) else f" (got {input_!r})"
     more = f" [and {len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
     if first["type"] == "value_error" and not loc:
         return f"{field + ': ' if field else ''}{msg}{more}"
-    return f"{field}: {msg}{shown}{more}"
+    return f"{field}: {msg}{shown}{as_given}{more}"
 
 
-def build(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
-    """Validate ``data`` into ``cls``; raise ``ConfigError`` with a one-line message on failure."""
+def nested_section(cls: type[BaseModel], key: str) -> type[BaseModel] | None:
+    """The config class of field ``key`` when it is a nested section (``Optional`` unwrapped), else None."""
+    field = cls.model_fields.get(key)
+    if field is None:
+        return None
+    ann = field.annotation
+    union = typing.get_origin(ann) in (typing.Union, types.UnionType)
+    for a in (ann, *(typing.get_args(ann) if union else ())):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
+def _item_section(cls: type[BaseModel], key: str) -> type[BaseModel] | None:
+    """The config class of the items of a ``list[Section]`` field (``rewards``), else None."""
+    field = cls.model_fields.get(key)
+    if field is None or typing.get_origin(field.annotation) is not list:
+        return None
+    (item,) = typing.get_args(field.annotation) or (None,)
+    return item if isinstance(item, type) and issubclass(item, BaseModel) else None
+
+
+def section_at(cls: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The config class that holds the last part of a validation error's ``loc`` (list indices skipped)."""
+    here: type[BaseModel] | None = cls
+    parts = list(loc[:-1])
+    i = 0
+    while here is not None and i < len(parts):
+        part = parts[i]
+        if isinstance(part, int):
+            i += 1
+            continue
+        nxt = nested_section(here, str(part))
+        if nxt is None:
+            item = _item_section(here, str(part))
+            if item is not None and i + 1 < len(parts) and isinstance(parts[i + 1], int):
+                here, i = item, i + 2
+                continue
+            return None
+        here, i = nxt, i + 1
+    return here
+
+
+def option_paths(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every option of ``cls`` as a dotted path, nested sections included (``monitor.alarms.kl_max``)."""
+    out = []
+    for name in cls.model_fields:
+        sub = nested_section(cls, name)
+        out += option_paths(sub, f"{prefix}{name}.") if sub is not None else [f"{prefix}{name}"]
+    return out
+
+
+def suggest(cls: type[BaseModel], loc: Sequence[Any], extra_names: Callable[[type], Iterable[str]] | None = None,
+            n: int = 3) -> list[str]:
+    """Names to offer for the unknown option at ``loc``: close spellings at its level, or the nested options of
+    that name (``eval_every`` → ``monitor.eval_every``), as paths relative to that level."""
+    here = section_at(cls, loc)
+    if here is None or not loc:
+        return []
+    key = str(loc[-1])
+    names = list(here.model_fields) + list(extra_names(here) if extra_names else [])
+    nested = [p for p in option_paths(here) if "." in p and p.rsplit(".", 1)[1] == key]
+    close = difflib.get_close_matches(key, names, n=n, cutoff=0.6)
+    if not close:
+        close = difflib.get_close_matches(key.replace("-", "_"), names, n=n, cutoff=0.6)
+    return list(dict.fromkeys([*nested, *close]))[:n]
+
+
+def build(cls: type[C], data: dict[str, Any], prefix: str = "", *, given: Mapping[str, str] | None = None,
+          extra_names: Callable[[type], Iterable[str]] | None = None) -> C:
+    """Validate ``data`` into ``cls``; raise ``ConfigError`` with a one-line message on failure (see
+    :func:`format_validation_error` for ``given`` and ``extra_names``)."""
     try:
         return cls.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, prefix)) from None
+        raise ConfigError(format_validation_error(err, prefix, cls, given, extra_names)) from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -145,24 +232,95 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _field_head(cls: type[BaseModel], name: str, key: str) -> tuple[str, str]:
+    """``("key (type, default X)", description)`` of one plain field."""
+    field = cls.model_fields[name]
+    default = "required" if field.is_required() else f"default {field.get_default(call_default_factory=True)!r}"
+    return f"{key} ({_type_name(field.annotation)}, {default})", " ".join((field.description or "").split())
+
+
 def help_lines(cls: type[BaseModel], prefix: str = "") -> list[str]:
     """``name (type, default X): description`` for every field, recursing into nested sections."""
     lines = []
     for name, field in cls.model_fields.items():
         key = f"{prefix}{name}"
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
+        sub = nested_section(cls, name)
+        if sub is not None:
             lines.append(f"{key}: {field.description or ''}".rstrip(": "))
-            lines.extend(help_lines(ann, key + "."))
+            lines.extend(help_lines(sub, key + "."))
             continue
-        default = "required" if field.is_required() else f"default {field.get_default(call_default_factory=True)!r}"
-        desc = " ".join((field.description or "").split())
-        lines.append(f"{key} ({_type_name(ann)}, {default}): {desc}")
+        head, desc = _field_head(cls, name, key)
+        lines.append(f"{head}: {desc}")
     return lines
+
+
+def help_groups(cls: type[BaseModel]) -> list[tuple[str, list[str]]]:
+    """The fields of ``cls`` in ``--help`` groups: ``[(title, [field, ...])]``.
+
+    A class names its groups in ``SECTIONS`` (title, first field), each running to the next group's first field;
+    fields of a base class (``StepRun``) come after the subclass's own, under the base's groups; fields before any
+    group's first field are under the title ``""``."""
+    out: list[tuple[str, list[str]]] = []
+    for k in cls.__mro__:
+        if not (isinstance(k, type) and issubclass(k, BaseModel)) or k is BaseModel:
+            continue
+        own = [n for n in cls.model_fields if n in vars(k).get("__annotations__", {})]
+        if not own:
+            continue
+        starts = dict((first, title) for title, first in vars(k).get("SECTIONS", ()))
+        title = ""
+        for name in own:
+            title = starts.get(name, title)
+            if not out or out[-1][0] != title or name in starts:
+                out.append((title, []))
+            out[-1][1].append(name)
+    return [(t, names) for t, names in out if names]
+
+
+def _wrap_entry(head: str, desc: str, width: int, indent: int) -> list[str]:
+    """``head: desc`` wrapped to ``width``; the head is never broken, continuation lines hang 4 further in."""
+    first = " " * indent + head + (":" if desc else "")
+    if not desc:
+        return [first]
+    opts = dict(width=width, subsequent_indent=" " * (indent + 4), break_long_words=False, break_on_hyphens=False)
+    if len(first) + 20 > width:  # a long head (an enum) on its own line, the text below it
+        return [first, *textwrap.wrap(desc, initial_indent=" " * (indent + 4), **opts)]
+    return textwrap.wrap(f"{first} {desc}", **opts)
+
+
+def help_text(cls: type[BaseModel], width: int | None = None, prefix: str = "", indent: int = 0) -> str:
+    """The options of ``cls`` for ``--help``: grouped (:func:`help_groups`), nested sections after the plain
+    fields, each entry ``name (type, default X): description`` wrapped to ``width`` (default: the terminal's)."""
+    if width is None:
+        width = shutil.get_terminal_size((100, 24)).columns
+    width = max(width, 50)
+    lines: list[str] = []
+    nested: list[str] = []
+    for title, names in help_groups(cls):
+        plain = [n for n in names if nested_section(cls, n) is None]
+        nested += [n for n in names if nested_section(cls, n) is not None]
+        if not plain:
+            continue
+        if title:
+            lines.append(" " * indent + f"{prefix}[{title}]" if prefix else " " * indent + f"[{title}]")
+        for name in plain:
+            head, desc = _field_head(cls, name, f"{prefix}{name}")
+            lines += _wrap_entry(head, desc, width, indent + 2)
+    for name in nested:
+        sub = nested_section(cls, name)
+        assert sub is not None
+        desc = " ".join((cls.model_fields[name].description or "").split())
+        lines.append("")
+        lines += _wrap_entry(f"{prefix}{name}", desc, width, indent)
+        lines.append(help_text(sub, width, f"{prefix}{name}.", indent))
+    return "\n".join(lines)
 
 
 class StepRun(Section):
     """Checkpoint and resume options shared by the step-counted stages (SFT, reward model); docs/reliability.md."""
+
+    SECTIONS: ClassVar[tuple[tuple[str, str], ...]] = (("checkpoints and resume", "resume"),)
+    """`--help` groups: (title, first field); each group runs to the next one's first field."""
 
     resume: ResumeSpec = "auto"
     """`auto`: continue from the newest good checkpoint in output_dir (a finished run is left as it is); `never`:

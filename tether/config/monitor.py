@@ -69,7 +69,7 @@ class MonitorConfig(Section):
     wandb_project: str = "tether"
     """W&B project name used when `wandb` is on."""
     report: bool = True
-    """Write `<output_dir>/report.html` when the run ends (needs matplotlib: `pip install tether[report]`)."""
+    """Write `<output_dir>/report.html` when the run ends (needs plotly: `pip install tether[report]`)."""
     eval_every: int = Field(0, ge=0)
     """Score the held-out prompts every this many updates and at the last one (0: never)."""
     eval_prompts: Optional[str] = None

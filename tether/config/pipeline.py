@@ -150,10 +150,13 @@ class DemoConfig(Section):
         if not isinstance(data, dict):
             return data
         data = _deepcopy(data)
+        user_ppo = _section(data, "ppo")
         if data.get("quick") is True:
             data = _merge(DEMO_QUICK, data)
         for stage in ("sft", "rm", "ppo"):
             data[stage] = _merge(DEMO_STAGES[stage], _section(data, stage))
+        if "total_episodes" in user_ppo and "num_updates" not in user_ppo:  # the user's run length wins
+            data["ppo"].pop("num_updates", None)
         if "seed" in data:
             for stage in ("sft", "rm", "ppo"):
                 data[stage].setdefault("seed", data["seed"])

@@ -6,7 +6,7 @@ such departure says why in its docstring.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -197,6 +197,20 @@ class PPOConfig(Section):
     """Fields a resumed run may change: they move outputs or logs, never the trained weights."""
     RUN_LENGTH: ClassVar[frozenset[str]] = frozenset({"num_updates"})
     """Fields that may grow on resume when the learning-rate schedule does not depend on them (`constant`)."""
+
+    SECTIONS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("models and data", "policy"), ("run length and batch sizes", "num_updates"), ("sampling", "response_length"),
+        ("optimisation", "lr"), ("PPO objective", "advantage"), ("KL and reward shaping", "kl_coef"),
+        ("logging", "sample_every"), ("checkpoints and resume", "resume"))
+    """`--help` groups: (title, first field); each group runs to the next one's first field."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shortcuts(cls, data: Any) -> Any:
+        """`reward_model`, `reward_fn`, `total_episodes` → `rewards` entries, `num_updates` (config/shortcuts.py)."""
+        from tether.config.shortcuts import expand_ppo_shortcuts
+
+        return expand_ppo_shortcuts(data)
 
     @model_validator(mode="after")
     def _cross_field(self) -> "PPOConfig":

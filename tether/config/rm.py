@@ -87,6 +87,10 @@ class RMConfig(StepRun):
     eval_batch_size: int = Field(16, ge=1)
     """Pairs per forward when evaluating and when scoring the reference completions."""
 
+    SECTIONS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("model and data", "model"), ("normalisation", "normalize"), ("optimisation", "num_epochs"),
+        ("logging", "log_every"))
+    """`--help` groups: (title, first field); each group runs to the next one's first field."""
     RESUME_SAFE: ClassVar[frozenset[str]] = frozenset({
         "output_dir", "resume", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips", "log_every",
         "eval_every", "eval_batch_size"})

@@ -79,6 +79,10 @@ class SFTConfig(StepRun):
     eval_batch_size: int = Field(8, ge=1)
     """Sequences per forward when computing the evaluation loss."""
 
+    SECTIONS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("model and data", "model"), ("what is learned", "completion_only_loss"), ("optimisation", "num_epochs"),
+        ("logging", "log_every"))
+    """`--help` groups: (title, first field); each group runs to the next one's first field."""
     RESUME_SAFE: ClassVar[frozenset[str]] = frozenset({
         "output_dir", "resume", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips", "log_every",
         "eval_every", "eval_batch_size"})

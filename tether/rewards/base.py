@@ -71,18 +71,47 @@ def combine_scores(
 
 
 def import_callable(spec: str) -> RewardFn:
-    """``package.module:function`` → the function; one-line ``ConfigError`` when it cannot be found."""
+    """``package.module:function`` or ``path/to/file.py:function`` (the file loaded by path) → the function; one-line
+    ``ConfigError`` when it cannot be found."""
     if ":" not in spec:
-        raise ConfigError(f"python reward {spec!r}: expected 'module:function'")
-    module_name, attr = spec.split(":", 1)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ConfigError(f"python reward {spec!r}: cannot import {module_name} ({err})") from None
+        raise ConfigError(f"python reward {spec!r}: expected 'module:function' or 'FILE.py:function'")
+    module_name, attr = spec.rsplit(":", 1)
+    if module_name.endswith(".py"):
+        module = _load_file(spec, Path(module_name))
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ConfigError(f"python reward {spec!r}: cannot import {module_name} ({err})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"python reward {spec!r}: {module_name} has no function {attr}")
     return fn
+
+
+def _load_file(spec: str, path: Path):
+    """The module of a ``.py`` file, loaded once per resolved path (registered in ``sys.modules`` under a private
+    name, so dataclasses and pickling inside it work)."""
+    import hashlib
+    import importlib.util
+    import sys
+
+    if not path.is_file():
+        raise ConfigError(f"python reward {spec!r}: file {path} not found")
+    resolved = path.resolve()
+    name = f"_tether_file_{resolved.stem}_{hashlib.sha1(str(resolved).encode()).hexdigest()[:10]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    mspec = importlib.util.spec_from_file_location(name, resolved)
+    assert mspec is not None and mspec.loader is not None
+    module = importlib.util.module_from_spec(mspec)
+    sys.modules[name] = module
+    try:
+        mspec.loader.exec_module(module)
+    except Exception as err:  # the user's file failed while loading: one line naming it
+        del sys.modules[name]
+        raise ConfigError(f"python reward {spec!r}: cannot import {path} ({type(err).__name__}: {err})") from None
+    return module
 
 
 def resolve_reward_sources(reward: Any, specs: list, policy_tokenizer=None, dtype=torch.float32,
