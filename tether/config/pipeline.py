@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from pydantic import Field, model_validator
 
-from tether.config.base import Section, _deepcopy
+from tether.config.base import OutputDir, Section, _deepcopy
 from tether.config.ppo import PPOConfig
 from tether.config.rm import RMConfig
 from tether.config.sft import SFTConfig
@@ -52,7 +52,7 @@ def wire_stages(data: dict, out: str) -> tuple[dict, dict, dict]:
 class PipelineConfig(Section):
     """SFT → reward model → PPO, each stage's output feeding the next (see the module docstring for the wiring)."""
 
-    output_dir: str = "runs/pipeline"
+    output_dir: OutputDir = "runs/pipeline"
     """Run directory; stages write to `<output_dir>/sft`, `/rm`, `/ppo` unless their own output_dir is set."""
     sft: SFTConfig
     """Supervised fine-tuning stage (its output becomes ppo.policy)."""
@@ -115,7 +115,7 @@ class DemoConfig(Section):
     """Smoke-size run (a few minutes): small data, a few steps per stage. Same as --quick."""
     seed: int = 0
     """Seed for the data split, every stage and the evaluation sampling."""
-    output_dir: str = "runs/demo"
+    output_dir: OutputDir = "runs/demo"
     """Run directory: data/, sft/, rm/, ppo/, eval/ are written under it."""
     threads: Optional[int] = Field(None, ge=1)
     """torch intra-op threads; null: torch's default (every core). 1 is much faster on a shared, busy machine."""

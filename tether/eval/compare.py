@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from pydantic import Field, model_validator
 
-from tether.config.base import Section
+from tether.config.base import OutputDir, Section
 from tether.errors import ConfigError, ModelError
 
 
@@ -50,7 +50,7 @@ class EvalConfig(Section):
     """Sequences per generate/forward call."""
     seed: int = 0
     """Sampling seed (the same for every policy) and bootstrap seed."""
-    output_dir: str = "runs/eval"
+    output_dir: OutputDir = "runs/eval"
     """Where results.json and samples.jsonl are written."""
 
     @model_validator(mode="after")
