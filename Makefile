@@ -23,7 +23,7 @@ demo-quick: venv
 	$(VENV)/bin/tether demo --quick $(ARGS)
 
 test: venv
-	$(PY) -m pytest -q -n 2 -p no:cacheprovider $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadgroup -p no:cacheprovider $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -25,7 +25,8 @@ def gpt2_tok(_gpt2_tokenizer_proto):
 
 def bos_tokenizer(proto=None):
     """The real GPT-2 BPE made BOS-adding like the Llama 2/3, Mistral and Gemma tokenizers: a distinct ``<s>`` (id
-    50257) that ``add_special_tokens=True`` puts in front of every text (a TemplateProcessing post-processor), no pad."""
+    50257) that ``add_special_tokens=True`` puts in front of every text (a TemplateProcessing post-processor), no
+    pad."""
     from tether.assets.gpt2_tokenizer import gpt2_tokenizer
 
     tok = copy.deepcopy(proto) if proto is not None else gpt2_tokenizer()

@@ -18,7 +18,7 @@ from tether.errors import ConfigError
 
 
 @pytest.mark.parametrize("setting", [
-    {"epsilon_cutoff": 3e-5}, {"eta_cutoff": 3e-4}, {"top_k": 3}, {"min_p": 0.2}, {"top_h": 0.5},
+    {"epsilon_cutoff": 3e-5}, {"eta_cutoff": 0.5}, {"top_k": 3}, {"min_p": 0.2}, {"top_h": 0.5},
     {"repetition_penalty": 3.0}, {"sequence_bias": {(200,): 30.0}}, {"exponential_decay_length_penalty": (1, 4.0)},
     {"suppress_tokens": list(range(100))}, {"forced_eos_token_id": 5},
 ])

@@ -277,7 +277,8 @@ def test_output_dir_that_is_a_file_fails_before_anything_runs(command, tiny_poli
             "rm": lambda: rm_argv(plain, tiny_policy, data_dir),
             "pipeline": lambda: ["pipeline", f"output_dir={plain}", f"sft.model={tiny_policy}",
                                  f"sft.train_file={data_dir / 'sft.jsonl'}", f"rm.model={tiny_policy}",
-                                 f"rm.train_file={data_dir / 'pairs.jsonl'}", f"ppo.prompts={data_dir / 'prompts.jsonl'}"],
+                                 f"rm.train_file={data_dir / 'pairs.jsonl'}",
+                                 f"ppo.prompts={data_dir / 'prompts.jsonl'}"],
             }[command]()
     capsys.readouterr()
     assert run_cli(argv) == 2

@@ -65,7 +65,7 @@ class AlarmConfig(Section):
     """`logprob_mismatch`: fires when `rollout/logprob_mismatch_max` (the largest |log π_sampler − log π_train| over
     the rollout's tokens, nats) exceeds this: the sampler is not drawing from the tempered distribution the loss
     assumes. null: 1e-3 when the forwards run in float32, 1.0 under `autocast: bfloat16` (bf16 rounding alone reaches
-    ~0.3 on SmolLM2-135M)."""
+    0.16–0.26 on SmolLM2-135M)."""
     ratio_dev_max: Optional[float] = Field(None, gt=0)
     """`ratio_not_one`: fires when `policy/first_minibatch_ratio_dev` (max |ratio − 1| in the first minibatch, before
     any step) exceeds this: old and new log-probs come from different computations. null: 1e-3 in float32, 0.2 under
