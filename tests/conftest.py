@@ -23,6 +23,25 @@ def gpt2_tok(_gpt2_tokenizer_proto):
     return copy.deepcopy(_gpt2_tokenizer_proto)
 
 
+def bos_tokenizer(proto=None):
+    """The real GPT-2 BPE made BOS-adding like the Llama 2/3, Mistral and Gemma tokenizers: a distinct ``<s>`` (id
+    50257) that ``add_special_tokens=True`` puts in front of every text (a TemplateProcessing post-processor), no
+    pad."""
+    from tether.assets.gpt2_tokenizer import gpt2_tokenizer
+
+    tok = copy.deepcopy(proto) if proto is not None else gpt2_tokenizer()
+    tok.add_special_tokens({"bos_token": "<s>"})
+    tok.add_bos_token = True
+    assert tok("Hello world")["input_ids"] == [50257, 15496, 995]
+    return tok
+
+
+@pytest.fixture
+def bos_tok(_gpt2_tokenizer_proto):
+    """A fresh BOS-adding tokenizer (:func:`bos_tokenizer`): 50,258 tokens, BOS ``<s>`` = 50257, EOS 50256."""
+    return bos_tokenizer(_gpt2_tokenizer_proto)
+
+
 def tiny_llama(vocab_size: int, seed: int = 0, dtype=torch.float32, hidden: int = 32, layers: int = 2,
                init_range: float = 0.02):
     """A 2-layer random Llama (RoPE positions)."""

@@ -8,10 +8,12 @@ check                         what it verifies
 ============================  ==================================================================================
 ``pad_token``                 the tokenizer has a pad token and it is not EOS (else every real EOS is masked)
 ``chat_template``             the tokenizer has a chat template when the prompt data holds chat messages
+``prompt_encoding``           the prompt ids PPO feeds the policy equal those SFT and reward-model training put before
+                              their completions for the same text (the tokenizer's BOS, once)
 ``padding``                   a padded batch gives the same logits at every real token, and the same next-token
                               logits at the last column, as each prompt alone (padding side and position ids)
-``reward_last_token``         the reward model reads its score at the last real token, and extra padding on either
-                              side does not change it
+``reward_last_token``         the reward model has a trained score head, reads its score at the last real token,
+                              and extra padding on either side does not change it
 ``zero_update``               with no update, the training forward reproduces the rollout log-probs exactly:
                               ratio == 1 and KL to the (identical) reference == 0
 ``rollout_logprobs``          the sampler's log-probs and the training forward's agree at the configured temperature
@@ -38,9 +40,9 @@ from torch import Tensor, nn
 
 from tether.models.forward import causal_lm_logits
 
-FAST_CHECKS = ("pad_token", "chat_template", "padding", "reward_last_token", "memory")
-ALL_CHECKS = ("pad_token", "chat_template", "padding", "reward_last_token", "zero_update", "rollout_logprobs",
-              "memory")
+FAST_CHECKS = ("pad_token", "chat_template", "prompt_encoding", "padding", "reward_last_token", "memory")
+ALL_CHECKS = ("pad_token", "chat_template", "prompt_encoding", "padding", "reward_last_token", "zero_update",
+              "rollout_logprobs", "memory")
 FALLBACK_PROMPTS = ["The movie was", "Once upon a time, in a small village by the sea, there lived",
                     "My favourite food is", "Write one sentence about the weather today:"]
 FALLBACK_COMPLETIONS = [" great fun.", " an old fisherman who loved to sing.", " warm bread with butter.",
@@ -73,9 +75,11 @@ def _result(name: str, ok: bool, detail: str, fix: str) -> CheckResult:
 
 
 def _first_ids(tokenizer: Any, texts: Sequence[str], max_tokens: int = 24) -> list[list[int]]:
+    from tether.data.prompts import prompt_ids
+
     rows = []
     for t in texts:
-        ids = list(tokenizer(t, add_special_tokens=False)["input_ids"])[-max_tokens:]
+        ids = prompt_ids(tokenizer, t, max_tokens)
         if ids:
             rows.append(ids)
     if not rows:
@@ -130,6 +134,45 @@ def check_chat_template(tokenizer: Any, raw_prompts: Optional[Sequence[Any]]) ->
                                                            "'User: …\\nAssistant:' text the model never saw)"),
                    "use the tokenizer the model was tuned with (its tokenizer_config.json holds chat_template), set "
                    "tokenizer.chat_template, or give plain-string prompts")
+
+
+def check_prompt_encoding(tokenizer: Any, prompts: Sequence[Any], completion: str = " It was fine.") -> CheckResult:
+    """For each prompt (a string, or a chat conversation), the ids PPO's rollout feeds the policy
+    (:func:`tether.rollout.generate.encode_prompts`) must be exactly those in front of the completion in an SFT example
+    (:func:`tether.data.sft.tokenize_sft`) and in a same-tokenizer reward model's input
+    (:func:`tether.data.preferences.encode_for_reward`): with a BOS-adding tokenizer, a BOS dropped or doubled on one
+    path means the policy and reward model are fed prompts they were never trained on."""
+    from tether.data.preferences import encode_for_reward
+    from tether.data.readers import render_chat
+    from tether.data.sft import tokenize_sft
+    from tether.rollout.generate import encode_prompts
+
+    bad: list[str] = []
+    checked = 0
+    for raw in list(prompts)[:4]:
+        chat = isinstance(raw, list)
+        text = render_chat(raw, tokenizer, add_generation_prompt=True) if chat else raw
+        done = [{"role": "assistant", "content": completion.strip()}] if chat else completion
+        batch = encode_prompts(tokenizer, [text], [text], 1 << 20, "left")
+        ppo = batch.input_ids[0][batch.attention_mask[0]].tolist()
+        sft = tokenize_sft({"prompt": raw, "completion": done}, tokenizer)
+        n = len(ppo)
+        sft_ok = (sft["input_ids"][:n] == ppo and not any(sft["completion_mask"][:n])
+                  and len(sft["completion_mask"]) > n and sft["completion_mask"][n] == 1)
+        rm = encode_for_reward(tokenizer, raw, done, style="decoder", max_length=1 << 20)
+        rm_ok = rm[:n] == ppo and len(rm) > n
+        checked += 1
+        if not (sft_ok and rm_ok):
+            where = " and ".join(w for w, ok in (("SFT", sft_ok), ("reward model", rm_ok)) if not ok)
+            bad.append(f"{text[:30]!r}: PPO {ppo[:4]}… vs {where} {(sft['input_ids'] if not sft_ok else rm)[:4]}…")
+    lead = encode_prompts(tokenizer, ["a"], ["a"], 8, "left").input_ids[0].tolist()[:-1]
+    detail = (f"{checked} prompts: PPO's prompt ids equal the SFT and reward-model prompt ids"
+              + (f" (the tokenizer's leading special tokens {lead})" if lead else " (the tokenizer adds no BOS)"))
+    if bad:
+        detail = f"{len(bad)} of {checked} prompts encode differently: " + "; ".join(bad)
+    return _result("prompt_encoding", not bad, detail,
+                   "encode every prompt with one rule (tether.data.prompts.prompt_ids): the tokenizer's BOS once, "
+                   "whether the text came from a chat template or not")
 
 
 @torch.no_grad()
@@ -450,6 +493,8 @@ def run_checks(cfg: Any, *, policy: Any = None, tokenizer: Any = None, reward: A
     raw_prompts, texts = _prompts(prompts if prompts is not None else cfg.prompts, tok)
     if "chat_template" in names:
         results.append(_timed("chat_template", lambda: check_chat_template(tok, raw_prompts)))
+    if "prompt_encoding" in names:
+        results.append(_timed("prompt_encoding", lambda: check_prompt_encoding(tok, raw_prompts or texts)))
     if "padding" in names:
         results.append(_timed("padding", lambda: check_padding(model, tok, texts)))
     reward_models: list[nn.Module] = []
@@ -493,8 +538,13 @@ def _reward_checks(cfg: Any, reward: Any, tokenizer: Any, texts: list[str], resu
     try:
         sources = resolve_reward_sources(reward, cfg.rewards, tokenizer, dtypes[cfg.dtype], cfg.trust_remote_code)
     except TetherError as err:
-        if run_check:
-            results.append(CheckResult("reward_last_token", "skip", f"no reward to check ({err})"))
+        if reward is None and not cfg.rewards:
+            if run_check:
+                results.append(CheckResult("reward_last_token", "skip", f"no reward to check ({err})"))
+            return []
+        # a configured reward that cannot be used (a causal LM without a score head, a missing directory) fails
+        results.append(CheckResult("reward_last_token", "fail", f"the reward cannot be loaded: {err}",
+                                   "give a trained reward model (`tether rm`), a Python reward or a judge"))
         return []
     models = [s for s in sources if isinstance(s.fn, RewardModelScorer)]
     if run_check and not models:

@@ -84,3 +84,14 @@ def test_interval_within_data_range(values, seed):
     tol = 1e-6 * (1 + max(abs(v) for v in values))
     assert min(values) - tol <= lo <= hi <= max(values) + tol
     assert min(values) - tol <= mean <= max(values) + tol
+
+
+def test_paired_win_rate_counts_wins_and_half_ties():
+    from tether.eval.stats import paired_win_rate
+
+    assert paired_win_rate([0, 0, 0, 0], [1, 1, 1, 1]) == (1.0, 1.0, 1.0)
+    assert paired_win_rate([1, 1], [1, 1]) == (0.5, 0.5, 0.5)
+    w = paired_win_rate([0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 0.0, 4.0])  # win, tie, loss, win
+    assert w.mean == pytest.approx(0.625) and 0.0 <= w.lo <= w.mean <= w.hi <= 1.0
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_win_rate([1.0], [1.0, 2.0])

@@ -17,7 +17,8 @@ from tether.config.base import help_lines, load
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
-COMMAND_OF = {"demo.yaml": "demo", "ppo_example.yaml": "ppo", "sft_example.yaml": "sft", "rm_example.yaml": "rm"}
+COMMAND_OF = {"demo.yaml": "demo", "demo_rloo.yaml": "demo", "ppo_example.yaml": "ppo", "sft_example.yaml": "sft",
+              "rm_example.yaml": "rm"}
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,20 @@ def test_overrides_apply():
     assert demo.ppo.policy == demo.sft.output_dir == "runs/x/sft"          # SFT output → PPO policy
     assert demo.ppo.rewards[0].path == demo.rm.output_dir == "runs/x/rm"   # RM output → PPO reward
     assert demo.ppo.output_dir == "runs/x/ppo"
+
+
+def test_demo_yaml_spells_out_the_defaults_and_rloo_is_a_named_alternative():
+    """configs/demo.yaml holds exactly the built-in demo settings (real PPO: GAE with the shared-trunk critic, 2 epochs
+    × 2 minibatches); configs/demo_rloo.yaml validates and is the critic-free 1 × 1 RLOO setting."""
+    default = parse_config("demo", None, [])
+    spelled = parse_config("demo", str(ROOT / "configs/demo.yaml"), [])
+    assert spelled == default
+    assert default.ppo.advantage == "gae" and default.ppo.critic_mode == "shared" and default.ppo.uses_critic
+    assert default.ppo.num_ppo_epochs >= 2 and default.ppo.num_minibatches >= 2
+    rloo = parse_config("demo", str(ROOT / "configs/demo_rloo.yaml"), [])
+    assert rloo.ppo.advantage == "rloo" and not rloo.ppo.uses_critic and rloo.ppo.samples_per_prompt == 2
+    assert rloo.ppo.num_ppo_epochs == rloo.ppo.num_minibatches == 1
+    assert rloo.sft == parse_config("demo", None, ["output_dir=runs/demo-rloo"]).sft
 
 
 def test_quick_preset_and_user_values():

@@ -28,6 +28,7 @@ def healthy(n: int = 30, seed: int = 0, critic: bool = True, judges: bool = True
             "objective/kl_coef": 0.05, "objective/rlhf_reward": score - 0.05 * kl,
             "objective/entropy": length * (2.0 + rng.gauss(0, 0.05)), "response/length_mean": length,
             "response/eos_fraction": 0.8, "rollout/logprob_mismatch_max": 1e-5,
+            "policy/first_minibatch_ratio_dev": 0.0,
             "time/rollout_s": 1.0 + rng.random() * 0.1, "time/score_s": 0.2, "time/update_s": 2.0,
             "perf/tokens_per_s": 40 + rng.random(), "lr/policy": 1e-5 * (1 - (u - 1) / n),
             "policy/loss": rng.gauss(0, 0.01), "policy/clipfrac": abs(0.05 + rng.gauss(0, 0.01)),

@@ -60,6 +60,10 @@ def _plant(kind: str) -> list[dict]:
         elif kind == "judge_falling":  # judge peaks at update 10 and falls while the proxy keeps rising
             if "eval/vader" in r:
                 r["eval/vader"] = 0.3 - 0.02 * abs(u - 10)
+        elif kind == "logprob_mismatch":  # e.g. a checkpoint's epsilon_cutoff leaking into the sampler
+            r["rollout/logprob_mismatch_max"] = 10.0 if u > 25 else r["rollout/logprob_mismatch_max"]
+        elif kind == "ratio_not_one":  # e.g. dropout left on in the training forward
+            r["policy/first_minibatch_ratio_dev"] = 0.05 if u > 25 else 0.0
     return s
 
 
@@ -128,3 +132,26 @@ def test_replay_over_a_finished_run_uses_sample_completions():
     fired = replay(records, completions=by_update)
     assert "one_answer" in {a.name for a in fired}
     assert replay(records) == [] or "one_answer" not in {a.name for a in replay(records)}
+
+
+@pytest.mark.parametrize("metric,value", [("rollout/logprob_mismatch_max", 0.3), ("policy/first_minibatch_ratio_dev",
+                                                                                  0.05)])
+def test_consistency_tolerance_follows_the_precision(metric, value):
+    """bf16 rounding alone gives ~0.3 nats of sampler/trainer mismatch: the default tolerance of the two consistency
+    alarms is tight for float32 forwards and loose under bf16 autocast; a configured value wins over both."""
+    stream = healthy(10)
+    stream[-1][metric] = value
+    records, comps = split(stream)
+
+    def fired(cfg, autocast):
+        checker = AlarmChecker(cfg, 0, autocast)
+        for r, c in zip(records, comps):
+            checker.check(r, c)
+        return {a.metric for a in checker.fired}
+
+    assert metric in fired(AlarmConfig(), "none")
+    assert metric not in fired(AlarmConfig(), "bfloat16")
+    tight = AlarmConfig(logprob_mismatch_max=0.1, ratio_dev_max=0.01)
+    assert metric in fired(tight, "bfloat16")
+    assert AlarmConfig().logprob_tolerances("none") == (1e-3, 1e-3)
+    assert AlarmConfig().logprob_tolerances("bfloat16") == (1.0, 0.2)

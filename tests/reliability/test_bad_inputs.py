@@ -97,6 +97,9 @@ def _future_format(env: Env, out: Path) -> list[str]:
     return _ppo(env, out, f"resume={ckpt}")
 
 
+_LONG_ON_LINE_4 = '{"prompt": "Hi"}\n\n{"prompt": "My cat"}\n{"prompt": "one two three four five six seven"}\n'
+"""A prompt file whose too-long prompt is on line 4 (after a blank line): the error must name that line."""
+
 CASES: dict[str, Case] = {
     # --- config: ranges, cross-field rules, resume options
     "checkpoint_every < 0": Case(lambda e, o: _ppo(e, o, "checkpoint_every=-1"), "checkpoint_every"),
@@ -146,6 +149,21 @@ CASES: dict[str, Case] = {
                                             "no records"),
     "ppo prompt too long (error)": Case(lambda e, o: _ppo(e, o, "max_prompt_length=2", "prompt_truncation=error"),
                                         "more than max_prompt_length=2 (prompt_truncation=error)"),
+    "ppo prompt too long names its file line": Case(lambda e, o: [a if not a.startswith("prompts=") else
+                                                      f"prompts={e.file('k.jsonl', _LONG_ON_LINE_4)}"
+                                                      for a in _ppo(e, o, "max_prompt_length=4",
+                                                                    "prompt_truncation=error")],
+                                                "k.jsonl line 4: the prompt has 7 tokens, more than "
+                                                "max_prompt_length=4"),
+    "ppo output_dir is a file": Case(lambda e, o: [a if not a.startswith("output_dir=") else
+                                                   f"output_dir={e.file('plain', 'x')}" for a in _ppo(e, o)],
+                                     "plain exists and is not a directory"),
+    "sft output_dir inside a file": Case(lambda e, o: [a if not a.startswith("output_dir=") else
+                                                       f"output_dir={e.file('plain2', 'x') / 'sft'}"
+                                                       for a in _sft(e, o)], "plain2 is a file"),
+    "ppo whiten_rewards with RLOO": Case(lambda e, o: _ppo(e, o, "advantage=rloo", "samples_per_prompt=2",
+                                                           "whiten_rewards=true"), "whiten_rewards: only with"),
+    "ppo k1 KL in the loss": Case(lambda e, o: _ppo(e, o, "kl_in=loss"), "zero expected gradient"),
     "ppo prompts in a .txt": Case(lambda e, o: [a if not a.startswith("prompts=") else
                                                 f"prompts={e.file('j.txt', 'The movie')}" for a in _ppo(e, o)],
                                   "unsupported data file type '.txt'"),
@@ -169,6 +187,9 @@ CASES: dict[str, Case] = {
         "trunc", lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000])))
         for a in _ppo(e, o)], "cannot load causal LM"),
     "reference dir missing": Case(lambda e, o: _ppo(e, o, f"reference={e.tmp / 'noref'}"), "directory not found"),
+    "reward model without a score head": Case(lambda e, o: [a if not a.startswith("rewards=") else
+                                                            f"rewards=[{{kind: model, path: {e.policy}}}]"
+                                                            for a in _ppo(e, o)], "not a trained reward model"),
     "reward model dir missing": Case(lambda e, o: [a if not a.startswith("rewards=") else
                                                    f"rewards=[{{kind: model, path: {e.tmp / 'norm'}}}]"
                                                    for a in _ppo(e, o)], "directory not found"),
@@ -242,3 +263,27 @@ def test_bad_input(name, tiny_policy, data_dir, runs, tmp_path, capsys, monkeypa
     elif not case.writes and before is None:
         assert not out.exists(), sorted(p.name for p in out.rglob("*"))
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["ppo", "sft", "rm", "pipeline"])
+def test_output_dir_that_is_a_file_fails_before_anything_runs(command, tiny_policy, data_dir, tmp_path,
+                                                              capsys):  # noqa: F811
+    """An output_dir that is an existing file is a validation error: one line, exit 2, and nothing printed before it
+    (no stage banner), the file left as it was."""
+    plain = tmp_path / "plain"
+    plain.write_text("keep me")
+    argv = {"ppo": lambda: _ppo(Env(tmp_path, tiny_policy, data_dir, tmp_path, tmp_path), plain),
+            "sft": lambda: sft_argv(plain, tiny_policy, data_dir),
+            "rm": lambda: rm_argv(plain, tiny_policy, data_dir),
+            "pipeline": lambda: ["pipeline", f"output_dir={plain}", f"sft.model={tiny_policy}",
+                                 f"sft.train_file={data_dir / 'sft.jsonl'}", f"rm.model={tiny_policy}",
+                                 f"rm.train_file={data_dir / 'pairs.jsonl'}",
+                                 f"ppo.prompts={data_dir / 'prompts.jsonl'}"],
+            }[command]()
+    capsys.readouterr()
+    assert run_cli(argv) == 2
+    cap = capsys.readouterr()
+    assert cap.out == ""
+    err = cap.err.strip().splitlines()
+    assert len(err) == 1 and "output_dir" in err[0] and "exists and is not a directory" in err[0], err
+    assert plain.read_text() == "keep me"

@@ -27,7 +27,7 @@ from tether.algos.run_dir import read_jsonl, stage_run_dir
 from tether.checkpoint import kill_point, rng_state, set_rng_state, step_of
 from tether.config.base import dump
 from tether.config.ppo import PPOConfig
-from tether.errors import CheckpointError, ConfigError, DataError, ModelError, Preempted, TrainingError
+from tether.errors import CheckpointError, ConfigError, Preempted, TrainingError
 from tether.models.forward import causal_lm_logits, causal_lm_logits_and_hidden, check_shared_trunk
 from tether.models.load import (
     disable_dropout,
@@ -166,38 +166,19 @@ class PPOTrainer:
         return value.requires_grad_(True)
 
     def _load_prompts(self, prompts: Any) -> list[str]:
+        """The prompt texts, checked for length by the prompt rule; errors name the prompt's file line."""
+        from tether.data.prompts import check_prompt_lengths, load_prompt_set
+
         if prompts is None:
             raise ConfigError("prompts: required (a list of strings, a prompt file, or a datasets.Dataset)")
-        if isinstance(prompts, list) and all(isinstance(p, str) for p in prompts):
-            out = list(prompts)
-        else:
-            from tether.data.readers import load_prompts
-
-            out = load_prompts(prompts, self.tokenizer)
-        if not out:
+        found = load_prompt_set(prompts, self.tokenizer)
+        if not found.texts:
             raise ConfigError("prompts: the prompt set is empty")
-        for i, p in enumerate(out):
+        for where, p in zip(found.where, found.texts):
             if not p.strip():
-                raise ConfigError(f"prompts: prompt {i} is empty")
-        self._check_prompt_lengths(out, str(prompts) if isinstance(prompts, (str, Path)) else "prompts")
-        return out
-
-    def _check_prompt_lengths(self, prompts: list[str], where: str) -> None:
-        """Refuse (prompt_truncation=error) or announce (left) over-long prompts before anything runs."""
-        cfg = self.cfg
-        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-        for i, n in enumerate(lengths):
-            if n == 0:
-                raise DataError(f"{where}: prompt {i} tokenises to nothing")
-        long = [i for i, n in enumerate(lengths) if n > cfg.max_prompt_length]
-        if not long:
-            return
-        if cfg.prompt_truncation == "error":
-            raise DataError(f"{where}: prompt {long[0]} has {lengths[long[0]]} tokens, more than max_prompt_length="
-                            f"{cfg.max_prompt_length} (prompt_truncation=error)")
-        print(f"tether: warning: {where}: {len(long)} of {len(prompts)} prompts exceed max_prompt_length="
-              f"{cfg.max_prompt_length} tokens; their first tokens are dropped (prompt_truncation=left)",
-              file=sys.stderr, flush=True)
+                raise ConfigError(f"{where}: the prompt is empty")
+        check_prompt_lengths(self.tokenizer, found, self.cfg.max_prompt_length, self.cfg.prompt_truncation)
+        return found.texts
 
     def _build_optimizers(self):
         from tether.algos.common import build_optimizer, build_scheduler
@@ -210,7 +191,9 @@ class PPOTrainer:
         for name, (model, lr) in models.items():
             params = [p for p in model.parameters() if p.requires_grad]
             opts[name] = build_optimizer(params, lr, cfg.weight_decay, eps=cfg.adam_eps)
-            scheds[name] = build_scheduler(opts[name], cfg.lr_schedule, cfg.warmup_updates, cfg.num_updates)
+            # the policy's schedule runs over the updates that train it (not the critic warm-up)
+            total = cfg.num_updates - (cfg.critic_warmup_updates if name == "policy" else 0)
+            scheds[name] = build_scheduler(opts[name], cfg.lr_schedule, cfg.warmup_updates, total)
         return opts, scheds
 
     # ---------------------------------------------------------------- one update
@@ -259,10 +242,10 @@ class PPOTrainer:
         # 4. advantages: GAE with the critic, or a critic-free baseline
         advantages, returns = ops.ADVANTAGE_ESTIMATORS[cfg.advantage](
             rewards, values, crit_mask, scores, gamma=cfg.gamma, lam=cfg.lam,
-            group_size=cfg.samples_per_prompt, eps=1e-6,
+            group_size=cfg.samples_per_prompt, eps=cfg.grpo_std_eps,
         )
-        if cfg.uses_critic and cfg.whiten_advantages:
-            advantages = ops.masked_whiten(advantages, crit_mask)
+        if cfg.uses_critic and cfg.whiten_advantages:  # over the tokens the policy loss reads (N+: ~padding_mask)
+            advantages = ops.masked_whiten(advantages, mask)
         exp = Experience(rollout.query_response, rollout.attention_mask, mask, crit_mask, rollout.logprobs,
                          ref_logprobs, values, rewards, advantages, returns)
         t_update = time.perf_counter()
@@ -273,11 +256,16 @@ class PPOTrainer:
             self._skip_reason = skip or self._skip_reason
         else:
             self.skip_streak = 0
-        # 6. report, then move β and the learning rates
+        # 6. report, then move β and the learning rates (the policy's only once it trains: critic warm-up spends
+        # neither its schedule nor an adaptive β)
+        policy_trains = u >= cfg.critic_warmup_updates
+        lrs = {k: o.param_groups[0]["lr"] for k, o in self.optimizers.items()}  # the rates this update used
         seq_kl = ops.sequence_sum(ops.kl_penalty(rollout.logprobs, ref_logprobs, "k1"), mask)
-        self.kl_ctl.update(float(seq_kl.mean()), plan.sequences)
-        for s in self.schedulers.values():
-            step_scheduler(s)
+        if policy_trains:
+            self.kl_ctl.update(float(seq_kl.mean()), plan.sequences)
+        for k, sched in self.schedulers.items():
+            if k != "policy" or policy_trains:
+                step_scheduler(sched)
         t_end = time.perf_counter()
         n_tokens = int(mask.sum())
         metrics: dict[str, float] = {
@@ -286,6 +274,7 @@ class PPOTrainer:
             **{f"objective/score/{k}": float(v.mean()) for k, v in parts.items()},
             "objective/kl": float(seq_kl.mean()),
             "objective/kl_coef": beta,
+            "objective/kl_penalty": float(ops.sequence_sum(kl, mask).mean()),
             "objective/rlhf_reward": float((scores - beta * seq_kl).mean()),
             "objective/entropy": float(ops.sequence_sum(-rollout.logprobs, mask).mean()),
             "response/length_mean": float(mask.sum(1).float().mean()),
@@ -295,7 +284,8 @@ class PPOTrainer:
             "time/score_s": t_update - t_gen,
             "time/update_s": t_end - t_update,
             "perf/tokens_per_s": n_tokens / max(t_end - t0, 1e-9),
-            "lr/policy": self.optimizers["policy"].param_groups[0]["lr"],
+            "lr/policy": lrs["policy"] if policy_trains else 0.0,
+            **({"lr/critic": lrs["critic"]} if "critic" in lrs else {}),
             **train_stats,
         }
         metrics["train/skipped_update"] = float(skip is not None)
@@ -356,18 +346,21 @@ class PPOTrainer:
                         clip_high=cfg.clip_eps_high, dual_clip=cfg.dual_clip, mode=cfg.loss_aggregation, **counts,
                     )
                     loss = pg_loss if train_policy else pg_loss * 0.0
-                    if cfg.entropy_coef > 0:
-                        ent = ops.entropy_from_logits(logits, cfg.temperature)
-                        loss = loss + cfg.entropy_coef * ops.entropy_loss(ent, x.response_mask,
-                                                                          mode=cfg.loss_aggregation, **counts)
-                    if cfg.kl_in == "loss" and self.kl_ctl.value > 0:
-                        loss = loss + self.kl_ctl.value * ops.kl_loss(
-                            new_logprobs, x.ref_logprobs, x.response_mask, estimator=cfg.kl_estimator,
-                            log_ratio_clamp=cfg.kl_log_ratio_clamp or 10.0, mode=cfg.loss_aggregation, **counts)
                     share = float(x.response_mask.sum()) / counts["num_tokens"]
                     stats = {"policy/loss": float(pg_loss.detach()) / share if share else 0.0,
                              "policy/clipfrac": float(pg["clipfrac"]), "policy/approx_kl": float(pg["approx_kl"]),
                              "policy/ratio_mean": float(pg["ratio_mean"])}
+                    if cfg.entropy_coef > 0:
+                        ent = ops.entropy_from_logits(logits, cfg.temperature)
+                        loss = loss + cfg.entropy_coef * ops.entropy_loss(ent, x.response_mask,
+                                                                          mode=cfg.loss_aggregation, **counts)
+                        stats["policy/entropy"] = float(ops.masked_mean(ent.detach(), x.response_mask))
+                    if cfg.kl_in == "loss" and self.kl_ctl.value > 0:
+                        kl_loss = ops.kl_loss(
+                            new_logprobs, x.ref_logprobs, x.response_mask, estimator=cfg.kl_estimator,
+                            log_ratio_clamp=cfg.kl_log_ratio_clamp or 10.0, mode=cfg.loss_aggregation, **counts)
+                        loss = loss + self.kl_ctl.value * kl_loss
+                        stats["policy/kl_loss"] = float(kl_loss.detach()) / share if share else 0.0
                     if self.critic is not None:
                         vf_loss, vf = ops.clipped_value_loss(new_values, x.values, x.returns, x.critic_mask,
                                                              clip=cfg.value_clip, mode="token_mean", **vcounts)

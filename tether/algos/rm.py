@@ -38,7 +38,6 @@ from tether.algos.common import (
     save_model_atomic,
     set_seed,
     split_eval,
-    torch_dtype,
 )
 from tether.algos.run_dir import read_jsonl, stage_run_dir
 from tether.algos.step_loop import StepLoop
@@ -56,6 +55,7 @@ from tether.models.load import (
     resize_for_tokenizer,
     vocab_check,
 )
+from tether.models.precision import compute_context, master_dtype, master_weights
 from tether.models.scalar import fold_score_affine, is_decoder_scorer, reward_input_style, score_head, sequence_scores
 from tether.ops.losses import bradley_terry_loss
 
@@ -125,7 +125,7 @@ def prepare_reward_model(cfg: RMConfig, model: nn.Module | None, tokenizer: Any)
         tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     head_is_new = False
     if model is None:
-        model, head_is_new = load_reward_backbone(cfg.model, torch_dtype(cfg.dtype), cfg.trust_remote_code)
+        model, head_is_new = load_reward_backbone(cfg.model, master_dtype(cfg.dtype), cfg.trust_remote_code)
     try:
         head = score_head(model)
     except ValueError as err:
@@ -310,6 +310,7 @@ def train_rm(
         return _finished(out_dir)
     set_seed(cfg.seed)
     model, tokenizer = prepare_reward_model(cfg, model, tokenizer)
+    model = master_weights(model)  # float32 weights and AdamW state; dtype=bfloat16 computes under autocast
     style = reward_input_style(model)
     device = next(model.parameters()).device
     max_length = cfg.max_length
@@ -368,7 +369,8 @@ def train_rm(
                     step_loss, step_acc, step_margin, finite = 0.0, 0.0, 0.0, True
                     for mb in group:
                         b = _to(collate_pairs([train_ex[i] for i in mb], pad_id), device)
-                        scores = sequence_scores(model, b["input_ids"], b["attention_mask"])
+                        with compute_context(cfg.dtype, device):
+                            scores = sequence_scores(model, b["input_ids"], b["attention_mask"]).float()
                         n = scores.shape[0] // 2
                         margin = b["margin"] if cfg.margin_column else None
                         loss, stats = bradley_terry_loss(scores[:n], scores[n:], margin)

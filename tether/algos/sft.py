@@ -31,7 +31,6 @@ from tether.algos.common import (
     save_model_atomic,
     set_seed,
     split_eval,
-    torch_dtype,
 )
 from tether.algos.run_dir import read_jsonl, stage_run_dir
 from tether.algos.step_loop import StepLoop
@@ -50,6 +49,7 @@ from tether.models.load import (
     resize_for_tokenizer,
     vocab_check,
 )
+from tether.models.precision import compute_context, master_dtype, master_weights
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def prepare_causal_lm(cfg: Any, model: nn.Module | None, tokenizer: Any) -> tupl
             raise ConfigError("model: required to load the tokenizer when no tokenizer object is given")
         tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     if model is None:
-        model = load_causal_lm(cfg.model, dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code)
+        model = load_causal_lm(cfg.model, dtype=master_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code)
     ensure_pad_token(tokenizer, cfg.pad_policy)
     resize_for_tokenizer(model, tokenizer)
     vocab_check(model, tokenizer)
@@ -182,6 +182,7 @@ def train_sft(
         return _finished(out_dir)
     set_seed(cfg.seed)
     model, tokenizer = prepare_causal_lm(cfg, model, tokenizer)
+    model = master_weights(model)  # float32 weights and AdamW state; dtype=bfloat16 computes under autocast
     device = next(model.parameters()).device
     max_length = cfg.max_length
     limit = _max_positions(model)
@@ -239,7 +240,9 @@ def train_sft(
                     n_tokens = sum(int(b["loss_mask"][:, 1:].sum()) for b in batches)
                     step_loss, finite = 0.0, True
                     for b in batches:
-                        loss = sft_loss(lm_logits(model, b), b["labels"], b["loss_mask"], num_tokens=n_tokens)
+                        with compute_context(cfg.dtype, device):
+                            logits = lm_logits(model, b)
+                        loss = sft_loss(logits, b["labels"], b["loss_mask"], num_tokens=n_tokens)
                         if not bool(torch.isfinite(loss.detach())):  # NaN/Inf guard: no backward, the step is skipped
                             finite = False
                             break

@@ -46,6 +46,24 @@ ResumeSpec = Annotated[str, AfterValidator(_resume_spec)]
 """The type of every stage's ``resume`` option: ``auto``, ``never`` or a checkpoint directory."""
 
 
+def _output_dir(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be a directory path")
+    p = Path(value)
+    for q in (p, *p.parents):  # the path, or the nearest of its parents that exists, must be a directory
+        if q.exists():
+            if not q.is_dir():
+                raise ValueError(f"{q} exists and is not a directory" if q == p else
+                                 f"{q} is a file, so {p} cannot be a directory")
+            break
+    return value
+
+
+OutputDir = Annotated[str, AfterValidator(_output_dir)]
+"""The type of every ``output_dir`` option: a directory path, refused when it (or the nearest existing parent) is a
+file, so a run fails before it starts rather than when it first writes."""
+
+
 def format_validation_error(err: ValidationError, prefix: str = "", cls: type[BaseModel] | None = None,
                             given: Mapping[str, str] | None = None,
                             extra_names: Callable[[type], Iterable[str]] | None = None) -> str:

@@ -14,6 +14,12 @@ from pydantic import Field
 from tether.config.base import Section
 
 
+FP32_LOGPROB_MISMATCH, BF16_LOGPROB_MISMATCH = 1e-3, 1.0
+FP32_RATIO_DEV, BF16_RATIO_DEV = 1e-3, 0.2
+"""Default tolerances of the two consistency alarms per precision: float32 forwards agree to ~1e-5; bf16 autocast
+rounds the logits differently for the cached sampler and the full training forward (docs/monitoring.md)."""
+
+
 class AlarmConfig(Section):
     """Thresholds of the training alarms; each alarm names its metric, value, threshold and usual remedy."""
 
@@ -55,6 +61,23 @@ class AlarmConfig(Section):
     judge_drop: float = Field(0.05, ge=0)
     """`judge_falling`: fires when a held-out judge is this far below its best evaluation while the proxy reward
     is above its value at that best evaluation."""
+    logprob_mismatch_max: Optional[float] = Field(None, gt=0)
+    """`logprob_mismatch`: fires when `rollout/logprob_mismatch_max` (the largest |log π_sampler − log π_train| over
+    the rollout's tokens, nats) exceeds this: the sampler is not drawing from the tempered distribution the loss
+    assumes. null: 1e-3 when the forwards run in float32, 1.0 under `autocast: bfloat16` (bf16 rounding alone reaches
+    0.16–0.26 on SmolLM2-135M)."""
+    ratio_dev_max: Optional[float] = Field(None, gt=0)
+    """`ratio_not_one`: fires when `policy/first_minibatch_ratio_dev` (max |ratio − 1| in the first minibatch, before
+    any step) exceeds this: old and new log-probs come from different computations. null: 1e-3 in float32, 0.2 under
+    `autocast: bfloat16`."""
+
+    def logprob_tolerances(self, autocast: str = "none") -> tuple[float, float]:
+        """``(logprob_mismatch_max, ratio_dev_max)`` for a run whose forwards use ``autocast`` (``none`` or
+        ``bfloat16``): the configured values, or the defaults of that precision."""
+        bf16 = autocast != "none"
+        mismatch = self.logprob_mismatch_max or (BF16_LOGPROB_MISMATCH if bf16 else FP32_LOGPROB_MISMATCH)
+        ratio = self.ratio_dev_max or (BF16_RATIO_DEV if bf16 else FP32_RATIO_DEV)
+        return mismatch, ratio
 
 
 class MonitorConfig(Section):

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from tether.config.base import ResumeSpec, Section
+from tether.config.base import OutputDir, ResumeSpec, Section
 from tether.config.monitor import MonitorConfig
 
 Estimator = Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
@@ -51,14 +51,15 @@ class PPOConfig(Section):
     """Reward sources, combined as a weighted sum of their (optionally normalised) scores."""
     prompts: Optional[str] = None
     """Prompt file: JSONL/CSV/parquet or a `datasets` directory with a `prompt` or chat `messages` column."""
-    output_dir: str = "runs/ppo"
+    output_dir: OutputDir = "runs/ppo"
     """Where metrics.jsonl, samples and the final model (`final/`) are written."""
     trust_remote_code: bool = False
     """Allow model code shipped with a checkpoint to run. Off unless you trust the checkpoint."""
     pad_policy: Literal["add", "refuse"] = "add"
     """When the tokenizer has no pad token or pads with EOS: `add` a distinct `<|pad|>` token, or `refuse`."""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """Weights dtype of the frozen reference and reward models. The policy and critic train in float32."""
+    """Weights dtype of the frozen reference and reward models (bfloat16 halves their memory; the KL to the reference
+    then carries its rounding). The policy and critic always train in float32."""
     autocast: Literal["none", "bfloat16"] = "none"
     """Run every model forward of the policy, reference and critic (generation, scoring, training) under
     `torch.autocast` in this dtype: bf16 matmuls, float32 weights, optimizer state, log-prob and loss math. Faster
@@ -110,9 +111,11 @@ class PPOConfig(Section):
     max_grad_norm: Optional[float] = Field(1.0, gt=0)
     """Clip the global gradient norm of each model to this; null disables (N+ configures none)."""
     critic_warmup_updates: int = Field(0, ge=0)
-    """Updates at the start in which only the critic is trained."""
+    """Updates at the start in which only the critic is trained (needs `advantage: gae`). The policy is frozen then:
+    its learning-rate schedule (over the remaining updates) and an adaptive β start when it starts training."""
     target_kl: Optional[float] = Field(None, gt=0)
-    """Stop an update's remaining epochs when the policy's approx-KL to the rollout policy exceeds this."""
+    """Early stop: after each optimizer step, when that minibatch's approx-KL to the rollout policy exceeded this, the
+    update's remaining minibatches and epochs are skipped (`train/optimizer_steps`, `train/epochs_done` show it)."""
 
     # --- PPO objective -----------------------------------------------------------------------------
     advantage: Estimator = "gae"
@@ -134,7 +137,12 @@ class PPOConfig(Section):
     lam: float = Field(0.95, ge=0, le=1)
     """GAE λ (0.95)."""
     whiten_advantages: bool = True
-    """Whiten GAE advantages over the valid tokens of each rollout batch (critic-free estimators do their own)."""
+    """Whiten GAE advantages over the response tokens of each rollout batch, the tokens the policy loss reads (N+:
+    without the `eos+1` slot). The critic-free estimators normalise their own way."""
+    grpo_std_eps: float = Field(1e-6, gt=0)
+    """ε of GRPO's advantage (R − mean)/(std + ε) within a group. With the default, two returns 1e-5 apart get
+    advantages of about ±0.6; set it near the score differences you consider ties (e.g. 0.01–0.1 for scores of
+    order 1) to damp near-ties. Only `advantage: grpo` reads it."""
     loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"] = (
         "token_mean"
     )
@@ -150,9 +158,11 @@ class PPOConfig(Section):
     kl_horizon: float = Field(10000.0, gt=0)
     """Horizon (episodes) of the adaptive controller."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    """Per-token KL estimator (k1 in every PPO reference)."""
+    """Per-token KL estimator (k1 in every PPO reference): k1 = log π/π_ref, k2 = ½(log π/π_ref)², k3 = π_ref/π − 1 −
+    log π_ref/π. Logged per sequence as `objective/kl_penalty`."""
     kl_in: Literal["reward", "loss"] = "reward"
-    """Put −β·KL into the per-token reward (PPO) or add β·KL to the loss (GRPO style)."""
+    """Put −β·KL into the per-token reward (PPO) or add β·KL to the loss (GRPO style). In the loss use k3 (GRPO) or
+    k2 (its gradient is that of the KL); k1 is refused there, its expected gradient being 0."""
     kl_log_ratio_clamp: Optional[float] = Field(None, gt=0)
     """Clamp the per-token log-ratio to ±this before the estimator (guards k3's exp); null: no clamp."""
     score_placement: Literal["eos", "eos+1"] = "eos"
@@ -164,7 +174,8 @@ class PPOConfig(Section):
     score_clip: Optional[float] = Field(None, gt=0)
     """Clip combined scores to ±this; null disables."""
     whiten_rewards: bool = False
-    """Scale per-token rewards to unit variance (keeping their mean) before GAE (lm-human-preferences)."""
+    """Scale per-token rewards to unit variance (keeping their mean) before GAE (lm-human-preferences). Only with
+    `advantage: gae`: the critic-free estimators normalise their own returns, and whitening first would mix scales."""
 
     # --- logging -----------------------------------------------------------------------------------
     sample_every: int = Field(5, ge=0)
@@ -227,8 +238,24 @@ class PPOConfig(Section):
         if self.critic_mode == "shared" and self.critic:
             raise ValueError("critic: a critic directory cannot be used with critic_mode=shared (the value head sits "
                              "on the policy's trunk); remove one of them")
-        if self.warmup_updates >= self.num_updates and self.warmup_updates:
-            raise ValueError(f"warmup_updates={self.warmup_updates} must be < num_updates={self.num_updates}")
+        if self.critic_warmup_updates and not self.uses_critic:
+            raise ValueError(f"critic_warmup_updates={self.critic_warmup_updates} needs a critic (advantage=gae); "
+                             f"advantage={self.advantage} has none")
+        if self.critic_warmup_updates >= self.num_updates:
+            raise ValueError(f"critic_warmup_updates={self.critic_warmup_updates} must be < num_updates="
+                             f"{self.num_updates}, or the policy never trains")
+        policy_updates = self.num_updates - self.critic_warmup_updates
+        if self.warmup_updates >= policy_updates and self.warmup_updates:
+            if not self.critic_warmup_updates:
+                raise ValueError(f"warmup_updates={self.warmup_updates} must be < num_updates={self.num_updates}")
+            raise ValueError(f"warmup_updates={self.warmup_updates} must be < num_updates − critic_warmup_updates = "
+                             f"{policy_updates}, the updates that train the policy")
+        if self.kl_in == "loss" and self.kl_estimator == "k1":
+            raise ValueError("kl_in=loss with kl_estimator=k1: the k1 loss has zero expected gradient (E_π[∇ log π] = "
+                             "0); set kl_estimator=k3 (GRPO) or k2 (the gradient of the KL)")
+        if self.whiten_rewards and not self.uses_critic:
+            raise ValueError(f"whiten_rewards: only with advantage=gae; advantage={self.advantage} normalises its own "
+                             "returns, and whitening the per-token rewards first mixes scales")
         return self
 
     @property

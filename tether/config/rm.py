@@ -9,7 +9,7 @@ from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from tether.config.base import StepRun
+from tether.config.base import OutputDir, StepRun
 
 
 class RMConfig(StepRun):
@@ -20,7 +20,7 @@ class RMConfig(StepRun):
     """Backbone directory: an SFT causal LM (its head is read at the EOS) or an encoder such as BERT/MiniLM (pooled
     [CLS]); a directory that is already a reward model continues from its head. Required unless a model object is
     passed to `train_rm`."""
-    output_dir: str = "runs/rm"
+    output_dir: OutputDir = "runs/rm"
     """Where the reward model (safetensors + tokenizer + tether_config.yaml + tether_rm.json) and metrics.jsonl go."""
     train_file: str
     """Preference pairs: JSONL/JSON/CSV/parquet or a `datasets` directory with `prompt`, `chosen`, `rejected` (strings,
@@ -39,7 +39,9 @@ class RMConfig(StepRun):
     pad_policy: Literal["add", "refuse"] = "add"
     """Decoder backbones whose tokenizer has no pad token or pads with EOS: `add` a distinct `<|pad|>`, or `refuse`."""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """Weights dtype while training. Scores and the loss are computed in float32."""
+    """Compute dtype while training: `bfloat16` runs the forwards under `torch.autocast` (bf16 matmuls) while the
+    weights and AdamW state stay float32 master copies, so small updates are not rounded away; the loss is float32
+    either way and the model is saved in float32 (tether.models.precision)."""
     init_head: Literal["auto", "always", "never"] = "auto"
     """Score head initialisation N(0, 1/√(d+1)), bias 0 (ppo_details.md C1): `auto` when the checkpoint has no trained
     head (loaded from a directory; a model object passed in keeps its head), `always`, or `never`."""

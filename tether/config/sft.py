@@ -10,7 +10,7 @@ from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from tether.config.base import StepRun
+from tether.config.base import OutputDir, StepRun
 
 
 class SFTConfig(StepRun):
@@ -20,7 +20,7 @@ class SFTConfig(StepRun):
     model: Optional[str] = None
     """Directory of the causal LM to fine-tune (`save_pretrained` format, with its tokenizer). Required unless a
     model object is passed to `train_sft`."""
-    output_dir: str = "runs/sft"
+    output_dir: OutputDir = "runs/sft"
     """Where the fine-tuned model (safetensors + tokenizer + tether_config.yaml) and metrics.jsonl are written."""
     train_file: str
     """Training data: JSONL/JSON/CSV/parquet or a `datasets` directory with `prompt` + `completion`, chat `messages`
@@ -34,7 +34,9 @@ class SFTConfig(StepRun):
     pad_policy: Literal["add", "refuse"] = "add"
     """When the tokenizer has no pad token or pads with EOS: `add` a distinct `<|pad|>` token, or `refuse`."""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """Weights dtype while training. The loss is always computed in float32."""
+    """Compute dtype while training: `bfloat16` runs the forwards under `torch.autocast` (bf16 matmuls) while the
+    weights and AdamW state stay float32 master copies, so small updates are not rounded away; the loss is float32
+    either way and the model is saved in float32 (tether.models.precision)."""
 
     # --- what is learned -------------------------------------------------------------------------
     completion_only_loss: bool = True

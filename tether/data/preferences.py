@@ -2,9 +2,11 @@
 
 How a (prompt, completion) becomes reward-model input depends on the backbone (``style``):
 
-- ``"decoder"`` (GPT-2, Llama, … with a score head read at the last real token): prompt tokens (with the tokenizer's
-  special tokens, unless a chat template wrote them) + completion tokens + exactly one EOS (ppo_details.md A4/C2).
-  The score is read at that EOS. Too long: the prompt loses tokens from its left, then the completion from its right
+- ``"decoder"`` (GPT-2, Llama, … with a score head read at the last real token): prompt tokens by the one prompt rule
+  (:func:`tether.data.prompts.encode_prompt`: the tokenizer's BOS unless the text already starts with it) +
+  completion tokens + exactly one EOS when the completion ended (ppo_details.md A4/C2). The score is read at that EOS;
+  a completion cut by a length limit (``ended=False``) gets no EOS and is scored at its last token, as the token path
+  scores it. Too long: the prompt loses text tokens from its left (never its BOS), then the completion from its right
   (the EOS stays last).
 - ``"encoder"`` (BERT-like, pooled ``[CLS]``): the tokenizer's sentence-pair encoding ``[CLS] prompt [SEP]
   completion [SEP]`` truncated longest-first; no EOS. Token type ids are not used (all 0).
@@ -12,8 +14,8 @@ How a (prompt, completion) becomes reward-model input depends on the backbone (`
 Conversations (lists of turns) are rendered with :func:`tether.data.readers.render_chat`: the prompt with
 ``add_generation_prompt=True``, the completion as the rest of the rendered conversation.
 
-PPO scores its rollouts with :func:`encode_for_reward_model` on the decoded prompt and response texts,
-so the reward model sees exactly the input format it was trained on.
+PPO scores its rollouts with :func:`encode_for_reward_model` on the decoded prompt and response texts (and whether each
+response ended with EOS), so the reward model sees exactly the input format it was trained on.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from tether.data.prompts import encode_prompt
 from tether.data.readers import has_chat_template, render_chat
 from tether.errors import DataError
 
@@ -46,12 +49,17 @@ def _texts(prompt: str | list, completion: str | list, tokenizer: Any) -> tuple[
 
 
 def encode_for_reward(
-    tokenizer: Any, prompt: str | list, completion: str | list, *, style: RewardStyle, max_length: int
+    tokenizer: Any, prompt: str | list, completion: str | list, *, style: RewardStyle, max_length: int,
+    ended: bool = True,
 ) -> list[int]:
-    """Token ids of one (prompt, completion) for a reward model of the given ``style`` (see the module docstring)."""
+    """Token ids of one (prompt, completion) for a reward model of the given ``style`` (see the module docstring).
+
+    ``ended``: the completion finished (decoders: one EOS is appended); False for a completion cut by the response
+    length limit, which must not be scored as if it had ended (no EOS is appended; the encoder style ignores it).
+    """
     if max_length < 4:
         raise ValueError(f"max_length must be at least 4, got {max_length}")
-    prompt_text, completion_text, templated = _texts(prompt, completion, tokenizer)
+    prompt_text, completion_text, _ = _texts(prompt, completion, tokenizer)
     if style == "encoder":
         if prompt_text.strip():
             enc = tokenizer(prompt_text, completion_text, truncation="longest_first", max_length=max_length)
@@ -63,18 +71,19 @@ def encode_for_reward(
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("the reward tokenizer has no EOS token; a decoder reward model reads its score at the EOS")
-    p = _ids(tokenizer, prompt_text, add_special_tokens=not templated)
+    lead, p = encode_prompt(tokenizer, prompt_text)
     c = _ids(tokenizer, completion_text, add_special_tokens=False)
     while c and c[-1] == eos:
         c.pop()
     if eos in c:  # a template's end-of-turn EOS: the sequence ends there
         c = c[: c.index(eos)]
-    room = max_length - 1
+    end = [eos] if ended else []
+    room = max(1, max_length - len(end) - len(lead))  # text tokens that fit beside the BOS and the EOS
     if len(p) + len(c) > room:
         keep_prompt = max(min(len(p), room // 2), room - len(c))
         p = p[len(p) - keep_prompt :] if keep_prompt > 0 else []
         c = c[: room - len(p)]
-    return p + c + [eos]
+    return lead + p + c + end
 
 
 def tokenize_pairs(
@@ -157,19 +166,24 @@ def encode_for_reward_model(
     *,
     max_length: int,
     style: RewardStyle | None = None,
+    ended: Sequence[bool] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Encode B (prompt, completion) pairs for a reward model → right-padded ``input_ids``, ``attention_mask`` (B, L).
 
     Same encoding as training (:func:`encode_for_reward`); ``style=None`` infers it from the tokenizer
-    (:func:`infer_reward_style`). Feed the result to :func:`tether.models.scalar.sequence_scores`. Pads use the
-    tokenizer's pad token (its EOS when it has none: the mask, not the pad id, marks real tokens).
+    (:func:`infer_reward_style`). ``ended``: per pair, whether the completion finished (a rollout's ``has_eos``);
+    default all True. Feed the result to :func:`tether.models.scalar.sequence_scores`. Pads use the tokenizer's pad
+    token (its EOS when it has none: the mask, not the pad id, marks real tokens).
     """
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    ended = [True] * len(prompts) if ended is None else [bool(e) for e in ended]
+    if len(ended) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(ended)} ended flags")
     style = style or infer_reward_style(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise DataError("the reward tokenizer has neither a pad nor an EOS token")
-    seqs = [encode_for_reward(tokenizer, p, c, style=style, max_length=max_length)
-            for p, c in zip(prompts, completions)]
+    seqs = [encode_for_reward(tokenizer, p, c, style=style, max_length=max_length, ended=e)
+            for p, c, e in zip(prompts, completions, ended)]
     return pad_right(seqs, pad)

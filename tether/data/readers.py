@@ -348,11 +348,24 @@ def read_records(
     (CSV text is parsed) and come back as ``float``. Other columns are kept as they are. Blank JSONL/CSV lines are
     skipped. A source with no record at all is an error.
     """
+    return [rec for _, rec in read_located(source, kind, required=required, numeric=numeric, split=split)]
+
+
+def read_located(
+    source: Any,
+    kind: RecordKind | None = None,
+    *,
+    required: Sequence[str] = (),
+    numeric: Sequence[str] = (),
+    split: str | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """:func:`read_records` with the origin of each record: ``(where, record)`` pairs, ``where`` as the error messages
+    write it (``data.jsonl line 7``, ``pairs.csv row 3``, ``records item 2``)."""
     name, rows = _raw_rows(source, split)
     records = []
     for where, row in rows:
         try:
-            records.append(_validate(row, kind, required, numeric))
+            records.append((where, _validate(row, kind, required, numeric)))
         except _Bad as bad:
             raise DataError(f"{where}: {bad}") from None
     if not records:
@@ -377,7 +390,8 @@ def render_chat(messages: list[dict[str, str]], tokenizer: Any = None, add_gener
         User: Hi there\\nAssistant: Hello!<eos>\\n          (add_generation_prompt=False)
         User: Hi there\\nAssistant:                        (add_generation_prompt=True)
 
-    Text made by a chat template already holds its special tokens: tokenise it with ``add_special_tokens=False``.
+    Text made by a chat template may already hold the tokenizer's BOS: tokenise it with
+    :func:`tether.data.prompts.prompt_ids`, which does not repeat it.
     """
     if has_chat_template(tokenizer):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -397,17 +411,21 @@ def read_prompts(source: Any, *, split: str | None = None) -> list[str | list[di
 
     ``source``: a path or dataset as for :func:`read_records`, or a list of strings / conversations / records.
     """
+    return [p for _, p in located_prompts(source, split=split)]
+
+
+def located_prompts(source: Any, *, split: str | None = None) -> list[tuple[str, str | list[dict[str, str]]]]:
+    """:func:`read_prompts` with the origin of each prompt: ``(where, prompt)`` pairs (``prompts.jsonl line 7``; a
+    list given in Python is ``prompts item N``, 1-based)."""
     if isinstance(source, (list, tuple)) and source and all(isinstance(s, str) for s in source):
         for i, s in enumerate(source, start=1):
             if not s.strip():
                 raise DataError(f"prompts item {i}: prompt is empty")
-        return list(source)
+        return [(f"prompts item {i}", s) for i, s in enumerate(source, start=1)]
     if isinstance(source, (list, tuple)) and source and all(isinstance(s, list) for s in source):
         source = [{"messages": s} for s in source]
-    out: list[str | list[dict[str, str]]] = []
-    for rec in read_records(source, "prompt", split=split):
-        out.append(rec["prompt"] if "prompt" in rec else rec["messages"])
-    return out
+    return [(where, rec["prompt"] if "prompt" in rec else rec["messages"])
+            for where, rec in read_located(source, "prompt", split=split)]
 
 
 def load_prompts(source: Any, tokenizer: Any = None) -> list[str]:
@@ -416,8 +434,9 @@ def load_prompts(source: Any, tokenizer: Any = None) -> list[str]:
 
     ``source``: a path (``.jsonl``/``.json``/``.csv``/``.parquet``/datasets dir) with a ``prompt`` or ``messages``
     column, a ``datasets.Dataset``, or a list of strings, conversations or records. Prompts rendered by a chat template
-    already contain the template's special tokens (tokenise them with ``add_special_tokens=False`` when the tokenizer
-    would add a BOS of its own). Plain string prompts are returned unchanged.
+    already contain the template's special tokens. Plain string prompts are returned unchanged. Tokenise them with
+    :func:`tether.data.prompts.prompt_ids` (the tokenizer's BOS, once); :func:`tether.data.prompts.load_prompt_set`
+    also keeps the file line of each prompt.
     """
     return [p if isinstance(p, str) else render_chat(p, tokenizer, add_generation_prompt=True)
             for p in read_prompts(source)]

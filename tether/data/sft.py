@@ -6,8 +6,9 @@ whole ``text`` of a plain-text record). Every example ends with exactly one EOS,
 (ppo_details.md A4): a completion that already ends with EOS does not get a second one.
 
 Tokenisation is by segment: the prompt (or the template text around assistant turns) and the completion are tokenised
-separately and concatenated, so the prompt tokens are exactly those the policy sees at generation time. The prompt
-segment gets the tokenizer's special tokens (a BOS, say) unless it came from a chat template, which writes its own.
+separately and concatenated, so the prompt tokens are exactly those the policy sees at generation time. The first
+segment is encoded by the one prompt rule (:func:`tether.data.prompts.encode_prompt`): the tokenizer's leading special
+tokens (a BOS), unless the text already starts with them (a chat template that writes its own), then the text's tokens.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tether.data.prompts import encode_prompt
 from tether.data.readers import has_chat_template, render_chat
 from tether.errors import DataError
 
@@ -85,12 +87,17 @@ def tokenize_sft(record: dict[str, Any], tokenizer: Any, *, max_length: int | No
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("the tokenizer has no EOS token; SFT needs one to teach the model to stop")
-    segments, templated = sft_segments(record, tokenizer)
+    segments, _ = sft_segments(record, tokenizer)
     last_target = max(i for i, (_, target) in enumerate(segments) if target)
     ids: list[int] = []
     mask: list[int] = []
     for i, (text, target) in enumerate(segments[: last_target + 1]):
-        toks = _ids(tokenizer, text, add_special_tokens=(i == 0 and not templated))
+        if i == 0:  # the sequence starts as every prompt does (tether.data.prompts); the prefix is never a target
+            prefix, toks = encode_prompt(tokenizer, text)
+            ids += prefix
+            mask += [0] * len(prefix)
+        else:
+            toks = _ids(tokenizer, text, add_special_tokens=False)
         if not target:
             ids += toks
             mask += [0] * len(toks)

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from pydantic import Field, model_validator
 
-from tether.config.base import Section
+from tether.config.base import OutputDir, Section
 from tether.errors import ConfigError, ModelError
 
 
@@ -50,7 +50,7 @@ class EvalConfig(Section):
     """Sequences per generate/forward call."""
     seed: int = 0
     """Sampling seed (the same for every policy) and bootstrap seed."""
-    output_dir: str = "runs/eval"
+    output_dir: OutputDir = "runs/eval"
     """Where results.json and samples.jsonl are written."""
 
     @model_validator(mode="after")
@@ -122,12 +122,14 @@ def evaluate_policies(policies: dict[str, str], prompts: list[str], judges: list
                       output_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Sample ``n_samples`` completions per prompt from each policy, score them, and summarise with bootstrap CIs.
 
-    Returns ``{"policies": {name: {metric: {mean, lo, hi, n}}}, "paired": {name: {metric: {mean, lo, hi}}},
-    "samples": {name: [rows]}, ...}``; paired differences are ``policy − first policy`` per completion slot. With
-    ``output_dir``: writes ``results.json`` and ``samples.jsonl`` there.
+    Returns ``{"policies": {name: {metric: {mean, lo, hi, n}}}, "paired": {name: {metric: {mean, lo, hi, n,
+    excludes_0, win_rate: {mean, lo, hi}}}}, "samples": {name: [rows]}, ...}``; paired differences are ``policy −
+    first policy`` per completion slot, and the win rate is the share of slots where the policy scores higher (ties
+    count a half; :func:`tether.eval.stats.paired_win_rate`). With ``output_dir``: writes ``results.json`` and
+    ``samples.jsonl`` there.
     """
     from tether.eval.judges import get_judge
-    from tether.eval.stats import paired_bootstrap_diff
+    from tether.eval.stats import paired_bootstrap_diff, paired_win_rate
     from tether.monitor.progress import library_bars
     from tether.monitor.progress import progress as progress_bar
     from tether.rewards.reward_model import RewardModelScorer, same_tokenizer
@@ -159,7 +161,7 @@ def evaluate_policies(policies: dict[str, str], prompts: list[str], judges: list
             for r, s in zip(rows, fn(comps)):
                 r[jn] = float(s)
         if rm is not None:
-            scores = rm([r["prompt"] for r in rows], comps)
+            scores = rm([r["prompt"] for r in rows], comps, ended=[r["has_eos"] for r in rows])
             for r, s in zip(rows, scores.tolist()):
                 r["rm"] = float(s)
         for r in rows:
@@ -185,9 +187,12 @@ def evaluate_policies(policies: dict[str, str], prompts: list[str], judges: list
             idx = [i for i, (a, b) in enumerate(zip(samples[base], rows)) if a.get(m) is not None
                    and b.get(m) is not None]
             if idx:
-                d = paired_bootstrap_diff([samples[base][i][m] for i in idx], [rows[i][m] for i in idx], seed=seed)
+                a, b = [samples[base][i][m] for i in idx], [rows[i][m] for i in idx]
+                d = paired_bootstrap_diff(a, b, seed=seed)
+                w = paired_win_rate(a, b, seed=seed)
                 paired[name][m] = {"mean": d.mean, "lo": d.lo, "hi": d.hi, "n": len(idx),
-                                   "excludes_0": bool(d.lo > 0 or d.hi < 0)}
+                                   "excludes_0": bool(d.lo > 0 or d.hi < 0),
+                                   "win_rate": {"mean": w.mean, "lo": w.lo, "hi": w.hi}}
     results = {"baseline": base, "policies": summary, "paired": paired, "metrics": metrics,
                "settings": {"n_prompts": len(prompts), "n_samples": n_samples, "temperature": temperature,
                             "response_length": response_length, "seed": seed, "reference": str(reference_path),
@@ -215,19 +220,25 @@ def format_table(results: dict, n_examples: int = 3) -> str:
             return "n/a"
         return f"{s['mean']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]"
 
-    header = ["metric", *names, *[f"{n}−{base}" for n in results["paired"]]]
+    header = ["metric", *names, *[f"{n}−{base}" for n in results["paired"]],
+              *[f"{n}>{base} win rate" for n in results["paired"]]]
+    scored = [m for m in results["metrics"] if m not in ("kl", "ref_ppl", "tokens")]  # higher is better
     lines = []
     for m in results["metrics"]:
         row = [m, *[cell(results["policies"][n][m]) for n in names]]
         for n in results["paired"]:
             d = results["paired"][n].get(m)
             row.append("n/a" if d is None else cell(d) + (" *" if d["excludes_0"] else ""))
+        for n in results["paired"]:
+            w = (results["paired"][n].get(m) or {}).get("win_rate")
+            row.append(cell(w) if w is not None and m in scored else "")
         lines.append(row)
     widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*header), fmt.format(*["-" * w for w in widths]), *[fmt.format(*r) for r in lines]]
-    out.append("mean [95% bootstrap CI]; * = paired-difference CI excludes 0; kl = Σ log π − log π_ref (nats/seq); "
-               "ref_ppl = perplexity under the reference at T=1")
+    out.append("mean [95% bootstrap CI]; * = paired-difference CI excludes 0; win rate = share of paired completions "
+               "scored higher (ties ½); kl = Σ log π − log π_ref (nats/seq); ref_ppl = perplexity under the reference "
+               "at T=1")
     for n in names:
         out.append(f"\n{n} samples:")
         for r in results["samples"][n][:n_examples]:
@@ -246,7 +257,9 @@ def run_eval(cfg: EvalConfig) -> dict:
             raise ModelError(f"{path}: policy {name!r} is not a model directory (no config.json)")
     if not (Path(cfg.reference) / "config.json").is_file():
         raise ModelError(f"{cfg.reference}: reference is not a model directory (no config.json)")
-    prompts = load_prompts(cfg.prompts)
+    from tether.models.load import load_tokenizer
+
+    prompts = load_prompts(cfg.prompts, load_tokenizer(cfg.reference))  # chat prompts through the policy's template
     if cfg.num_prompts is not None:
         prompts = prompts[: cfg.num_prompts]
     res = evaluate_policies(cfg.policies, prompts, cfg.judges, cfg.reward_model, cfg.reference,

@@ -1,4 +1,5 @@
-"""Percentile-bootstrap confidence intervals for a mean, and for a paired difference of means (numpy only)."""
+"""Percentile-bootstrap confidence intervals for a mean, a paired difference of means and a paired win rate (numpy
+only)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,13 @@ def paired_bootstrap_diff(a, b, n_boot: int = 2000, alpha: float = 0.05, seed: i
     if a.shape != b.shape:
         raise ValueError(f"paired scores need equal lengths, got {a.size} and {b.size}")
     return bootstrap_ci(b - a, n_boot=n_boot, alpha=alpha, seed=seed)
+
+
+def paired_win_rate(a, b, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> Interval:
+    """(win rate, lo, hi) of ``b`` over ``a`` for paired scores: the share of pairs with ``b > a``, ties counting a
+    half, with the percentile-bootstrap interval over pairs. 0.5 means no preference either way."""
+    a, b = _as_1d(a, "a"), _as_1d(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores need equal lengths, got {a.size} and {b.size}")
+    wins = np.where(b > a, 1.0, np.where(b == a, 0.5, 0.0))
+    return bootstrap_ci(wins, n_boot=n_boot, alpha=alpha, seed=seed)

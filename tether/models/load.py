@@ -100,23 +100,38 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32, trust_r
     return disable_dropout(model).eval()
 
 
-def load_sequence_classifier(path: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+HEAD_PREFIXES = ("score.", "classifier.")
+"""Weight-name prefixes of a sequence classifier's head: ``score`` (decoders), ``classifier`` (BERT-like encoders)."""
+
+
+def load_sequence_classifier(path: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+                             *, require_head: bool = True):
     """A 1-label sequence classifier (reward model) from a local directory, dropout off, eval mode.
 
-    A backbone saved without a head (e.g. an encoder) gets a fresh head initialised as in ppo_details.md C1.
+    ``require_head`` (scoring: PPO rewards, ``tether doctor``, ``tether eval``): refuse, in one line, a checkpoint
+    that holds no trained head — a causal LM such as an SFT output, or a bare encoder — which transformers would give a
+    random head that scores noise. Training a reward model starts from such a backbone legitimately
+    (:func:`tether.algos.rm.load_reward_backbone`).
     """
     from transformers import AutoModelForSequenceClassification
 
     p = _check_dir(path, "reward model")
     try:
         with library_bars():  # transformers' "Loading weights" bar only on a terminal
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(p), num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                str(p), num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
+                output_loading_info=True,
             )
     except Exception as err:
         raise ModelError(f"{p}: cannot load reward model ({type(err).__name__}: {str(err).splitlines()[0]})") from None
     if model.config.num_labels != 1:
         raise ModelError(f"{p}: a reward model needs exactly 1 output label, found {model.config.num_labels}")
+    missing = sorted(str(k) for k in (info.get("missing_keys") or ()) if str(k).startswith(HEAD_PREFIXES))
+    if require_head and missing:
+        archs = ", ".join(getattr(model.config, "architectures", None) or []) or "unknown architecture"
+        raise ModelError(f"{p}: not a trained reward model: the checkpoint ({archs}) has no score head ({missing[0]} "
+                         f"is missing), so it would score with a random head; train one with `tether rm model={p}` "
+                         "or give a reward function")
     return disable_dropout(model).eval()
 
 

@@ -20,6 +20,9 @@ clipfrac_high         policy/clipfrac               > clipfrac_max
 approx_kl_high        policy/approx_kl              > approx_kl_max
 value_not_learning    value/explained_variance      ≤ explained_variance_min for explained_variance_patience updates
 judge_falling         eval/<judge>                  best − last ≥ judge_drop while the proxy rose
+logprob_mismatch      rollout/logprob_mismatch_max  > logprob_mismatch_max (default by precision)
+ratio_not_one         policy/first_minibatch_       > ratio_dev_max (default by precision)
+                      ratio_dev
 ====================  ============================  =============================================================
 """
 
@@ -54,6 +57,10 @@ REMEDIES: dict[str, str] = {
                           "critic_warmup_updates",
     "judge_falling": "over-optimisation: the proxy reward rises while a held-out judge falls; raise kl_coef, "
                      "stop earlier, or keep the best checkpoint",
+    "logprob_mismatch": "the sampler does not draw from softmax(logits/T) as the loss assumes (a logits processor, "
+                        "a temperature or padding difference): run `tether doctor`",
+    "ratio_not_one": "old and new log-probs come from different computations (dropout, padding, position ids, "
+                     "temperature): the PPO ratio is wrong from the first step; run `tether doctor`",
 }
 
 # The config field holding each alarm's threshold (for the docs and the report).
@@ -69,6 +76,8 @@ THRESHOLD_FIELDS: dict[str, str] = {
     "approx_kl_high": "approx_kl_max",
     "value_not_learning": "explained_variance_min (and explained_variance_patience)",
     "judge_falling": "judge_drop",
+    "logprob_mismatch": "logprob_mismatch_max",
+    "ratio_not_one": "ratio_dev_max",
 }
 
 
@@ -327,6 +336,25 @@ def check_judges(history: Sequence[Mapping], cfg: AlarmConfig) -> list[Alarm]:
     return out
 
 
+def check_logprob_consistency(history: Sequence[Mapping], cfg: AlarmConfig, autocast: str = "none") -> list[Alarm]:
+    """``logprob_mismatch`` and ``ratio_not_one`` on the latest record, with the tolerances of the run's precision
+    (:meth:`AlarmConfig.logprob_tolerances`). Updates of a critic warm-up log a ratio too (the policy is not stepped
+    but its first minibatch is still scored), so both apply to every update."""
+    if not history:
+        return []
+    mismatch_tol, ratio_tol = cfg.logprob_tolerances(autocast)
+    out = []
+    v = _num(history[-1], "rollout/logprob_mismatch_max")
+    if v is not None and v > mismatch_tol:
+        out.append(_alarm("logprob_mismatch", "rollout/logprob_mismatch_max", v, mismatch_tol, history,
+                          f"forwards in {'bfloat16 autocast' if autocast != 'none' else 'float32'}"))
+    v = _num(history[-1], "policy/first_minibatch_ratio_dev")
+    if v is not None and v > ratio_tol:
+        out.append(_alarm("ratio_not_one", "policy/first_minibatch_ratio_dev", v, ratio_tol, history,
+                          f"forwards in {'bfloat16 autocast' if autocast != 'none' else 'float32'}"))
+    return out
+
+
 CHECKS: tuple[Callable[[Sequence[Mapping], AlarmConfig], Optional[Alarm]], ...] = (
     check_length_hacking, check_repetition, check_dominant_token, check_one_answer, check_entropy_collapse,
     check_kl_high, check_kl_negative, check_clipfrac, check_approx_kl,
@@ -334,8 +362,9 @@ CHECKS: tuple[Callable[[Sequence[Mapping], AlarmConfig], Optional[Alarm]], ...] 
 
 
 def check_all(history: Sequence[Mapping], cfg: Optional[AlarmConfig] = None,
-              critic_warmup_updates: int = 0) -> list[Alarm]:
-    """Every alarm firing on the latest record of ``history``."""
+              critic_warmup_updates: int = 0, autocast: str = "none") -> list[Alarm]:
+    """Every alarm firing on the latest record of ``history``; ``autocast``: the run's ``autocast`` setting, which
+    sets the default tolerances of the log-prob consistency alarms."""
     cfg = cfg or AlarmConfig()
     if not history:
         return []
@@ -344,6 +373,7 @@ def check_all(history: Sequence[Mapping], cfg: Optional[AlarmConfig] = None,
     if ev is not None:
         found.append(ev)
     found.extend(check_judges(history, cfg))
+    found.extend(check_logprob_consistency(history, cfg, autocast))
     return found
 
 
@@ -359,9 +389,11 @@ class AlarmChecker:
     were not firing at the previous update, so a caller can warn once per episode of an alarm.
     """
 
-    def __init__(self, config: Optional[AlarmConfig] = None, critic_warmup_updates: int = 0):
+    def __init__(self, config: Optional[AlarmConfig] = None, critic_warmup_updates: int = 0,
+                 autocast: str = "none"):
         self.cfg = config or AlarmConfig()
         self.critic_warmup_updates = critic_warmup_updates
+        self.autocast = autocast
         self.history: list[dict[str, Any]] = []
         self.active: set[tuple[str, str]] = set()
         self.new: list[Alarm] = []
@@ -380,7 +412,7 @@ class AlarmChecker:
         if not self.cfg.enabled:
             self.new = []
             return []
-        now = check_all(self.history, self.cfg, self.critic_warmup_updates)
+        now = check_all(self.history, self.cfg, self.critic_warmup_updates, self.autocast)
         keys = {(a.name, a.metric) for a in now}
         self.new = [a for a in now if (a.name, a.metric) not in self.active]
         self.active = keys

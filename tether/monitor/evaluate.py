@@ -143,7 +143,7 @@ def _greedy(policy: nn.Module, tokenizer: Any, batch, response_length: int, micr
     """Greedy completions packaged as a ``Rollout`` (log-probs at T=1)."""
     from tether import ops
     from tether.records import Rollout
-    from tether.rollout.generate import response_logprobs, sampling_config
+    from tether.rollout.generate import pure_sampling, response_logprobs, sampling_config
 
     policy.eval()
     gen = sampling_config(policy, tokenizer, response_length=response_length, temperature=1.0, stop_at_eos=True)
@@ -153,7 +153,9 @@ def _greedy(policy: nn.Module, tokenizer: Any, batch, response_length: int, micr
     gen.top_k = None
     gen.top_p = None
     gen.output_scores = False
-    out = policy.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long(), generation_config=gen)
+    with pure_sampling(policy):  # no logits processor of the model's own generation config
+        out = policy.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long(),
+                              generation_config=gen)
     q = batch.input_ids.shape[1]
     seq = out.sequences[:, q:]
     responses = torch.full((seq.shape[0], response_length), tokenizer.pad_token_id, dtype=torch.long)

@@ -50,7 +50,7 @@ def ppo_monitor(trainer: Any, config: Optional[MonitorConfig] = None, *, judges:
         mon = mon.model_copy(update={"best_metric": default_best_metric(list(judges))})
     return RunLogger(trainer.output_dir, mon, run_config=cfg, stage="ppo",
                      critic_warmup_updates=cfg.critic_warmup_updates, step_key="update", quiet=quiet,
-                     evaluator=evaluator, num_updates=cfg.num_updates)
+                     evaluator=evaluator, num_updates=cfg.num_updates, autocast=getattr(cfg, "autocast", "none"))
 
 
 def preflight(trainer: Any, *, fast: bool = True) -> list:

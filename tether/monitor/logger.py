@@ -116,12 +116,14 @@ class RunLogger:
     ``run_config``: the stage's resolved config (a pydantic model or mapping) recorded in ``run_info.json``;
     ``stage``: ``ppo``, ``sft`` or ``rm`` (names the TensorBoard run); ``critic_warmup_updates``: so the critic alarm
     waits for the warm-up; ``step_key``: the metric holding the step number (``update`` for PPO, ``step`` for
-    SFT/RM). ``quiet``: no warnings on stderr (they still go to ``alarms.jsonl``).
+    SFT/RM). ``quiet``: no warnings on stderr (they still go to ``alarms.jsonl``). ``autocast``: the run's forward
+    precision (``none``/``bfloat16``), which sets the default tolerances of the log-prob consistency alarms.
     """
 
     def __init__(self, run_dir: str | Path, config: Optional[MonitorConfig] = None, *, run_config: Any = None,
                  stage: str = "ppo", critic_warmup_updates: int = 0, step_key: str = "update",
-                 quiet: bool = False, evaluator: Any = None, num_updates: Optional[int] = None):
+                 quiet: bool = False, evaluator: Any = None, num_updates: Optional[int] = None,
+                 autocast: str = "none"):
         from tether.monitor.evaluate import BestTracker, default_best_metric
 
         self.run_dir = Path(run_dir)
@@ -129,7 +131,8 @@ class RunLogger:
         self.stage, self.step_key, self.quiet = stage, step_key, quiet
         self.evaluator, self.num_updates = evaluator, num_updates
         self.best = BestTracker(self.cfg.best_metric or default_best_metric(self.cfg.judges), self.cfg.best_mode)
-        self.checker = AlarmChecker(self.cfg.alarms.model_copy(update={"fatal": False}), critic_warmup_updates)
+        self.checker = AlarmChecker(self.cfg.alarms.model_copy(update={"fatal": False}), critic_warmup_updates,
+                                    autocast)
         self.calls = 0
         self.tb = None
         self.wandb = None
@@ -259,7 +262,8 @@ class RunLogger:
         if self.checker.cfg.enabled and self.checker.history:
             from tether.monitor.alarms import check_all
 
-            now = check_all(self.checker.history, self.checker.cfg, self.checker.critic_warmup_updates)
+            now = check_all(self.checker.history, self.checker.cfg, self.checker.critic_warmup_updates,
+                            self.checker.autocast)
             self.checker.active = {(a.name, a.metric) for a in now}
 
     def postfix(self) -> dict[str, str]:

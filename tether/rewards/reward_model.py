@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -38,9 +40,10 @@ class RewardModelScorer:
 
     @torch.no_grad()
     def score_rollout(self, rollout) -> Tensor:
-        """Token path: score the post-processed query+response ids directly (same tokenizer only)."""
+        """Token path: score the post-processed query+response ids directly (same tokenizer only); else the text path,
+        told which completions ended with EOS (a completion cut by the length limit gains none)."""
         if not self.shares_tokenizer:
-            return self(rollout.prompts, rollout.completions)
+            return self(rollout.prompts, rollout.completions, ended=rollout.has_eos.tolist())
         from tether.models.scalar import sequence_scores
 
         out = []
@@ -51,16 +54,19 @@ class RewardModelScorer:
         return torch.cat(out)
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], completions: list[str]) -> Tensor:
-        """Text path: re-encode (prompt, completion) with the reward model's own tokenizer."""
+    def __call__(self, prompts: list[str], completions: list[str], ended: Optional[Sequence[bool]] = None) -> Tensor:
+        """Text path: re-encode (prompt, completion) with the reward model's own tokenizer. ``ended``: per completion,
+        whether it finished with EOS (default: all did); a decoder reward model reads an unfinished one at its last
+        token, with no EOS appended (:func:`tether.data.preferences.encode_for_reward`)."""
         from tether.data.preferences import encode_for_reward_model
         from tether.models.scalar import sequence_scores
 
+        ended = [True] * len(prompts) if ended is None else list(ended)
         out = []
         for s in range(0, len(prompts), self.micro_batch_size):
+            k = slice(s, s + self.micro_batch_size)
             ids, mask = encode_for_reward_model(
-                self.tokenizer, prompts[s : s + self.micro_batch_size], completions[s : s + self.micro_batch_size],
-                max_length=self.max_length,
+                self.tokenizer, prompts[k], completions[k], max_length=self.max_length, ended=ended[k],
             )
             out.append(sequence_scores(self.model, ids, mask).float())
         return torch.cat(out)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -28,18 +28,22 @@ def encode_prompts(
 ) -> PromptBatch:
     """Tokenise prompt texts (already chat-formatted when needed) and left-pad them (ppo_details.md A2).
 
-    ``truncation="left"`` keeps the last ``max_length`` tokens; ``"error"`` raises ``DataError``.
+    Every prompt is encoded by the one prompt rule of :func:`tether.data.prompts.prompt_ids` (the tokenizer's BOS,
+    once), so the policy sees the prompt ids SFT and reward-model training put before their completions.
+    ``truncation="left"`` keeps the last ``max_length`` tokens (and the BOS); ``"error"`` raises ``DataError``.
     """
-    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    from tether.data.prompts import prompt_ids
+
+    rows = [prompt_ids(tokenizer, t) for t in texts]
     for i, ids in enumerate(rows):
         if not ids:
             raise DataError(f"prompt {i}: tokenises to nothing")
         if len(ids) > max_length:
             if truncation == "error":
                 raise DataError(f"prompt {i}: {len(ids)} tokens exceeds max_prompt_length={max_length}")
-            rows[i] = ids[-max_length:]
+            rows[i] = prompt_ids(tokenizer, texts[i], max_length)
     q = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0  # masked
     input_ids = torch.full((len(rows), q), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), q), dtype=torch.bool)
     for i, ids in enumerate(rows):
@@ -49,33 +53,42 @@ def encode_prompts(
 
 
 def sampling_config(model: nn.Module, tokenizer, *, response_length: int, temperature: float, stop_at_eos: bool):
-    """A generation config that samples purely from softmax(logits/T): no top-k/top-p, no repetition penalty,
-    no forced length; built from a copy of the model's own so none of its defaults leak in (ppo_details.md D1, D2)."""
-    gen = copy.deepcopy(model.generation_config)
-    gen.do_sample = True
-    gen.temperature = temperature
-    gen.top_k = 0
-    gen.top_p = 1.0
-    gen.min_p = None
-    gen.typical_p = 1.0
-    gen.repetition_penalty = 1.0
-    gen.no_repeat_ngram_size = 0
-    gen.num_beams = 1
-    gen.max_new_tokens = response_length
-    gen.max_length = None
-    gen.min_new_tokens = None  # with stop_at_eos off there is no EOS criterion: every row runs to max_new_tokens
-    gen.min_length = 0
-    gen.bad_words_ids = None
-    gen.suppress_tokens = None
-    gen.begin_suppress_tokens = None
-    gen.forced_bos_token_id = None
-    gen.forced_eos_token_id = None
-    gen.eos_token_id = tokenizer.eos_token_id if stop_at_eos else None
-    gen.pad_token_id = tokenizer.pad_token_id
-    gen.output_scores = True
-    gen.return_dict_in_generate = True
-    gen.use_cache = True
-    return gen
+    """A generation config that samples purely from softmax(logits/T) (ppo_details.md D1, D2).
+
+    Built fresh — nothing is copied from ``model.generation_config`` — with every processor transformers knows set to
+    its neutral value. ``generate`` still fills the fields left at None from the model's own generation config, so
+    sample with :func:`pure_sampling` around the call: it puts a default config on the model for its duration.
+    ``model`` is accepted for the signature's sake and not read.
+    """
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=True, temperature=temperature, top_k=0, top_p=1.0, typical_p=1.0, min_p=None, top_h=None,
+        epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
+        no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, bad_words_ids=None, sequence_bias=None,
+        suppress_tokens=None, begin_suppress_tokens=None, forced_bos_token_id=None, forced_eos_token_id=None,
+        exponential_decay_length_penalty=None, remove_invalid_values=False, renormalize_logits=False,
+        guidance_scale=None, watermarking_config=None, num_beams=1, num_return_sequences=1,
+        max_new_tokens=response_length, min_length=0, min_new_tokens=None,
+        # with stop_at_eos off there is no EOS criterion: every row runs to max_new_tokens
+        eos_token_id=tokenizer.eos_token_id if stop_at_eos else None, pad_token_id=tokenizer.pad_token_id,
+        output_scores=True, return_dict_in_generate=True, use_cache=True,
+    )
+
+
+@contextlib.contextmanager
+def pure_sampling(model: nn.Module):
+    """Swap a default ``GenerationConfig`` in as ``model.generation_config`` while sampling: ``generate`` fills every
+    field a config leaves at None from the model's own (a checkpoint's ``epsilon_cutoff``, ``top_h``, sequence bias,
+    watermarking, forced tokens …), which would sample from something other than softmax(logits/T)."""
+    from transformers import GenerationConfig
+
+    own = getattr(model, "generation_config", None)
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = own
 
 
 @torch.no_grad()
@@ -100,7 +113,9 @@ def generate(
     gen = sampling_config(
         policy, tokenizer, response_length=response_length, temperature=temperature, stop_at_eos=stop_at_eos
     )
-    out = policy.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long(), generation_config=gen)
+    with pure_sampling(policy):
+        out = policy.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long(),
+                              generation_config=gen)
     q = batch.input_ids.shape[1]
     seq = out.sequences[:, q:]
     n = seq.shape[1]
