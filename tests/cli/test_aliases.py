@@ -32,7 +32,7 @@ VALUES = {"lr": "3e-4", "batch_size": "3", "grad_accum": "2", "num_epochs": "2",
           "keep_checkpoints": "3", "eval_batch_size": "5", "clip_eps": "0.3", "clip_eps_high": "0.4",
           "value_clip": "0.5", "num_minibatches": "2", "num_ppo_epochs": "2", "samples_per_prompt": "2",
           "kl_coef": "0.2", "warmup_updates": "3", "response_length": "20", "policy": "p", "reward_model": "rmdir",
-          "autocast": "true"}
+          "autocast": "true", "dtype": "true"}
 
 
 def _cfg(command: str, *overrides: str):
@@ -80,6 +80,12 @@ def test_learning_rate_drives_the_critic_too_unless_given():
     assert _cfg("sft", "learning_rate=2e-4").lr == 2e-4
 
 
+def test_bf16_is_mixed_precision_for_sft_and_rm():
+    # transformers' bf16 = bf16 compute over float32 master weights: tether's SFT/RM dtype=bfloat16 (issue 11)
+    assert _cfg("sft", "train_file=a", "bf16=true").dtype == "bfloat16"
+    assert _cfg("rm", "train_file=a", "bf16=false").dtype == "float32"
+
+
 def test_bf16_is_autocast_for_ppo():
     assert _cfg("ppo", "bf16=true").autocast == "bfloat16" and _cfg("ppo", "bf16=false").autocast == "none"
     from tether.cli import build_parser, command_overrides, parse_args
@@ -114,7 +120,6 @@ def test_aliases_in_nested_sections_and_files(tmp_path):
     (["ppo", "--gradient_accumulation_steps", "2"], "here: micro_batch_size=1 rollout_batch_size=2"),
     (["ppo", "num_train_epochs=3"], "num_train_epochs: tether counts updates: set num_updates"),
     (["ppo", "max_steps=100"], "max_steps: tether's PPO counts updates"),
-    (["sft", "train_file=a", "--bf16"], "bf16: tether's SFT and reward model train float32 weights"),
     (["pipeline", "sft.train_file=a", "rm.train_file=b", "ppo.num_train_epochs=1"], "ppo.num_train_epochs: "),
     (["ppo", "learning_rate=1e-5", "lr=2e-5"], "learning_rate and lr are both set"),
     (["sft", "train_file=a", "learning_rate=-1"], "lr: Input should be greater than 0 (got -1) (given as "

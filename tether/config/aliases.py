@@ -79,8 +79,9 @@ _STEP = (  # SFT and reward model: optimizer steps on one process, as in transfo
     Alias("save_steps", "checkpoint_every", "optimizer steps between checkpoints (same)"),
     Alias("save_total_limit", "keep_checkpoints", "checkpoints kept on disk (same)"),
     Alias("per_device_eval_batch_size", "eval_batch_size", "batch size of the evaluation (one process)"),
-    Alias("bf16", None, "transformers' bf16 mixed precision", flag=True,
-          refuse="tether's SFT and reward model train float32 weights; dtype=bfloat16 trains bf16 weights instead"),
+    Alias("bf16", "dtype", "bf16 autocast with float32 master weights and optimizer state, as transformers' bf16 "
+          "(true → dtype=bfloat16)", convert=lambda v: ("bfloat16" if v else "float32") if isinstance(v, bool) else v,
+          flag=True),
 )
 _PPO = (
     Alias("learning_rate", "lr", "TRL's PPO trains policy and value model with one optimizer at this rate; tether "
