@@ -163,8 +163,11 @@ def test_total_episodes_as_trl_counts_batches():
     assert _cfg("ppo", "total_episodes=100").num_updates == 7                        # ⌈100 / 16⌉
     assert _cfg("ppo", "total_episodes=96", "rollout_batch_size=8").num_updates == 12
     assert PPOConfig.model_fields["rollout_batch_size"].default == 16                # the shortcut's default
-    demo = parse_config("demo", None, ["ppo.total_episodes=80"])                     # the demo's 8 prompts/update
-    assert demo.ppo.rollout_batch_size == 8 and demo.ppo.num_updates == 10
+    from tether.config.pipeline import DEMO_STAGES
+
+    batch = DEMO_STAGES["ppo"]["rollout_batch_size"]                                 # the demo's prompts/update
+    demo = parse_config("demo", None, ["ppo.total_episodes=80"])
+    assert demo.ppo.rollout_batch_size == batch and demo.ppo.num_updates == -(-80 // batch)
     quick = parse_config("demo", None, ["quick=true", "ppo.total_episodes=8"])       # quick: 4 prompts/update
     assert quick.ppo.num_updates == 2
 
