@@ -49,12 +49,13 @@ def test_shared_critic_sits_on_the_policy_trunk(tmp_path, gpt2_tok, make_llama):
 
 @pytest.mark.parametrize("mode", ["separate", "shared"])
 def test_value_loss_reaches_the_policy_only_when_shared(tmp_path, gpt2_tok, make_llama, mode):
-    """Same seed, vf_coef 0 vs 1: the policy's weights after one update differ exactly when the trunk is shared."""
+    """Same seed, vf_coef 0 vs 1: the policy's weights after one update differ exactly when the trunk is shared. (Two
+    epochs: the fresh head starts at zero, so the value loss reaches the trunk once the head has taken a step.)"""
     weights = []
     for vf in (0.0, 1.0):
         tok = copy.deepcopy(gpt2_tok)  # each trainer adds its own pad token
         t = make_trainer(tmp_path / f"vf{vf}", tok, make_llama(len(tok) + 1), critic_mode=mode, vf_coef=vf,
-                         num_ppo_epochs=1, lr=1e-3)
+                         num_ppo_epochs=2, lr=1e-3)
         t.step()
         weights.append(torch.cat([p.detach().flatten() for p in t.policy.parameters()]))
     same = torch.equal(weights[0], weights[1])
@@ -69,6 +70,18 @@ def test_shared_with_a_critic_directory_is_refused():
 def test_shared_critic_learns_values(tmp_path, gpt2_tok, make_llama):
     """A constant reward: the value loss falls as the head learns it (policy lr tiny, critic lr large)."""
     t = make_trainer(tmp_path, gpt2_tok, make_llama(len(gpt2_tok) + 1), reward=lambda p, c: [1.0] * len(c),
-                     critic_mode="shared", lr=1e-7, critic_lr=3e-2, num_updates=8, value_clip=None, kl_coef=0.0)
+                     critic_mode="shared", lr=1e-7, critic_lr=1e-1, num_updates=8, value_clip=None, kl_coef=0.0)
     losses = [t.step()["value/loss"] for _ in range(8)]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("mode", ["separate", "shared"])
+def test_a_fresh_value_head_starts_at_zero(tmp_path, gpt2_tok, make_llama, mode):
+    """Without a reward model to start from, the critic's head is zero (lm-human-preferences): V ≡ 0 on the first
+    rollout, and the head moves from there."""
+    t = make_trainer(tmp_path, gpt2_tok, make_llama(len(gpt2_tok) + 1), critic_mode=mode, num_ppo_epochs=2,
+                     critic_lr=1e-2)
+    assert float(t.critic.head.weight.abs().max()) == 0.0 and float(t.critic.head.bias.abs().max()) == 0.0
+    m = t.step()
+    assert m["value/mean"] == 0.0
+    assert float(t.critic.head.weight.abs().max()) > 0.0

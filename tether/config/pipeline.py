@@ -86,9 +86,9 @@ DEMO_STAGES: dict[str, dict[str, Any]] = {
     "rm": {"num_epochs": 1, "batch_size": 16, "lr": 5e-5, "max_length": 64, "warmup_steps": 5,
            "normalize": "shift_scale", "eval_batch_size": 64, "log_every": 10},
     "ppo": {"advantage": "gae", "critic_mode": "shared", "samples_per_prompt": 1, "num_updates": 40,
-            "rollout_batch_size": 16, "micro_batch_size": 8, "num_minibatches": 2, "num_ppo_epochs": 2,
-            "response_length": 16, "max_prompt_length": 32, "lr": 2e-5, "critic_lr": 1e-3, "kl_coef": 0.05,
-            "temperature": 0.7, "sample_every": 4,
+            "rollout_batch_size": 8, "micro_batch_size": 4, "num_minibatches": 2, "num_ppo_epochs": 2,
+            "response_length": 16, "max_prompt_length": 32, "lr": 1e-5, "lr_schedule": "constant",
+            "warmup_updates": 2, "critic_lr": 1e-3, "kl_coef": 0.05, "temperature": 0.7, "sample_every": 4,
             # held-out judges every 10 updates (on the demo's held-out prompts): the report's √KL view
             "monitor": {"eval_every": 10, "eval_num_prompts": 32, "judges": ["vader", "textblob"]}},
 }
@@ -100,7 +100,8 @@ DEMO_QUICK: dict[str, Any] = {
     "eval_samples": 1,
     "sft": {"max_steps": 4, "warmup_steps": 1},
     "rm": {"max_steps": 8, "warmup_steps": 1},
-    "ppo": {"num_updates": 2, "rollout_batch_size": 4, "micro_batch_size": 2, "response_length": 12,
+    "ppo": {"num_updates": 2, "warmup_updates": 0, "rollout_batch_size": 4, "micro_batch_size": 2,
+            "response_length": 12,
             "monitor": {"eval_every": 2, "eval_num_prompts": 4}},
 }
 

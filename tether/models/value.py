@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from tether.models.forward import position_ids_from_mask
-from tether.models.load import disable_dropout, init_score_head
+from tether.models.load import disable_dropout
 
 
 class ValueModel(nn.Module):
@@ -36,7 +36,10 @@ class ValueModel(nn.Module):
     @classmethod
     def from_pretrained_model(cls, model: nn.Module) -> "ValueModel":
         """A critic from a causal LM or a decoder sequence classifier: its trunk, plus its 1-output score head when
-        it has one (a reward model: V then starts at the RM's score), else a fresh head (ppo_details.md G1, C1)."""
+        it has one (a reward model: V then starts at the RM's score), else a fresh head initialised to zero, as
+        lm-human-preferences does (ppo_details.md G1): V ≡ 0 at the start, so the first advantages are GAE(r, 0), a
+        shared trunk gets no value gradient until the head has learnt something, and the value clip (which lets V
+        move by at most `value_clip` per update) does not have to walk a random head back to the returns."""
         trunk = model.base_model
         hidden = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
         score = getattr(model, "score", None)
@@ -49,7 +52,9 @@ class ValueModel(nn.Module):
                 head.weight.copy_(score.weight)
                 head.bias.fill_(offset + (float(score.bias) if score.bias is not None else 0.0))
         else:
-            init_score_head(head)
+            with torch.no_grad():
+                head.weight.zero_()
+                head.bias.zero_()
         return disable_dropout(cls(trunk, head))
 
     def save(self, out_dir: str | Path, trunk: bool = True) -> None:
