@@ -74,23 +74,18 @@ def run_cli(argv: list[str]) -> int:
 
 
 def run_killed(argv: list[str], kill_at: str) -> None:
-    """Run the CLI in a forked child that SIGKILLs itself at the named point (``tether.checkpoint.kill_point``);
-    fail unless it really died there."""
-    pid = os.fork()
-    if pid == 0:  # the child: no cleanup of any kind, exactly as after a real SIGKILL
-        code = 99
-        try:
-            os.environ["TETHER_TEST_KILL_AT"] = kill_at
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.dup2(devnull, 2)
-            sys.stdout = sys.stderr = open(os.devnull, "w")
-            code = run_cli(argv)
-        finally:
-            os._exit(code if isinstance(code, int) else 98)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
-        f"the child was not killed at {kill_at}: exit status {os.waitstatus_to_exitcode(status)}")
+    """Run the CLI in a fresh child interpreter that SIGKILLs itself at the named point
+    (``tether.checkpoint.kill_point``); fail unless it really died there. A fresh interpreter rather than ``os.fork``:
+    a fork of a process whose threads (torch's pools, TensorBoard writers of earlier tests) hold locks can hang."""
+    import subprocess
+
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from tether.cli import main; "
+            "sys.exit(main(json.loads(sys.argv[2])))")
+    env = {**os.environ, "TETHER_TEST_KILL_AT": kill_at}
+    proc = subprocess.run([sys.executable, "-c", code, str(HERE), json.dumps(list(argv))], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, (
+        f"the child was not killed at {kill_at}: exit status {proc.returncode}\n{proc.stderr.decode()[-2000:]}")
 
 
 def tensor_hash(*files: Path) -> str:
