@@ -120,8 +120,11 @@ def test_gpt2_block_count_is_close_to_what_autograd_keeps(gpt2_tok, make_gpt2):
 
 
 def test_logits_and_kv_cache_by_hand():
-    assert M.logits_bytes(2, 10, 100) == 2 * 10 * 100 * 8
-    assert M.logits_bytes(2, 10, 100, autocast_bf16=True, entropy=True) == 2 * 10 * 100 * 14
+    # full float32 logits 2·10·100, then two float32 tensors over the 4 loss positions
+    assert M.logits_bytes(2, 10, 100, 4) == 4 * 2000 + 8 * 800
+    assert M.logits_bytes(2, 10, 100) == 12 * 2000  # SFT: every position in the loss
+    assert M.logits_bytes(2, 10, 100, 4, autocast_bf16=True, entropy=True) == 6 * 2000 + 16 * 800
+    assert M.scoring_logits_bytes(2, 10, 100, 4) == 4 * (2000 + 800)
     # 2 (k, v) · 30 layers · 8 sequences · 100 tokens · 3 KV heads · 64 · 4 bytes
     assert M.kv_cache_bytes(SMOLLM2, 8, 100) == 36_864_000
     assert M.kv_cache_bytes(SMOLLM2, 8, 100, "bfloat16") == 18_432_000
@@ -136,26 +139,28 @@ def test_estimate_peak_ppo_with_lora_by_hand():
                     logits=True, lora_rank=r),
         M.HeldModel("reference", SMOLLM2, weights=0),
     ]
-    est = M.estimate_peak(models, micro_batch=4, seq_len=112, generation_batch=16, generation_len=112,
-                          logits_len=48)
+    est = M.estimate_peak(models, micro_batch=4, seq_len=112, generation_batch=16, generation_len=112, loss_len=48)
     weights = (SMOLLM2.params + lora) * 4
     state = (lora + 577) * 12
     act = 4 * 112 * (30 * (M.block_activation_elements(SMOLLM2, 112, lora_rank=r)) + 4 * 576) * 4
-    logits = 4 * 48 * 49152 * 8
+    logits = 4 * 4 * 112 * 49152 + 8 * 4 * 48 * 49152
     kv = 2 * 30 * 16 * 112 * 3 * 64 * 4
+    scoring = 4 * 4 * (112 + 48) * 49152
     assert est.components == {"weights/policy": weights, "training_state/policy": state, "weights/reference": 0,
                               "activations/policy": act, "logits/policy": logits, "kv_cache": kv,
-                              "generation_logits": 16 * 49152 * 4}
+                              "generation_logits": 16 * 49152 * 4, "scoring_logits": scoring}
     assert est.update == weights + state + act + logits
-    assert est.generation == weights + state + kv + 16 * 49152 * 4
-    assert est.peak == max(est.update, est.generation)
+    assert est.rollout == weights + state + max(kv + 16 * 49152 * 4, scoring)
+    assert est.peak == max(est.update, est.rollout)
     assert "peak" in est.table()
     four_full = [M.HeldModel(n, SMOLLM2, weights=SMOLLM2.params, trainable=SMOLLM2.params if n != "reference"
                              else 0, trained_forward=n != "reference", logits=n == "policy")
                  for n in ("policy", "reference", "critic")]
     full = M.estimate_peak(four_full, micro_batch=4, seq_len=112, generation_batch=16, generation_len=112,
-                           logits_len=48)
+                           loss_len=48)
     assert est.peak < 0.5 * full.peak  # LoRA without a reference copy: weights once, state of the adapter only
+    sft = M.estimate_peak(models[:1], micro_batch=4, seq_len=112, scoring=False)
+    assert sft.rollout == 0 and sft.peak == sft.update
 
 
 def test_pick_micro_batch():
@@ -173,8 +178,7 @@ def test_planner_checkpointing_allows_a_larger_micro_batch():
                           trained_forward=True, logits=True)]
 
     def peak(ckpt):
-        return lambda m: M.estimate_peak(models, micro_batch=m, seq_len=512, generation_batch=0, generation_len=0,
-                                         checkpointing=ckpt).peak
+        return lambda m: M.estimate_peak(models, micro_batch=m, seq_len=512, checkpointing=ckpt).peak
 
     budget = 8 * M.GiB
     plain, ckpt = M.pick_micro_batch(peak(False), 64, budget), M.pick_micro_batch(peak(True), 64, budget)

@@ -20,14 +20,18 @@ returns **bytes** unless its name says otherwise. What is counted:
   4,248 against 4,376 bytes per token per layer measured), 2 bytes when the weights themselves are 16-bit;
   with gradient checkpointing only each block's input (``h``) is kept, plus one block's activations during its
   recompute; a LoRA adapter adds ``r`` per adapted projection (7 per Llama block);
-- logits: ``tokens × V`` float32 for the logits (or their float32 upcast under bf16), as many for their gradient in the
-  backward, 2 more bytes per element for the bf16 logits under autocast, and 4 more when the entropy is computed
-  (its softmax is kept);
-- KV cache while generating: ``2 · layers · B · T · H_kv · d`` elements of the generation dtype, and the last
-  position's float32 logits.
+- logits of a gradient forward over ``B`` sequences of ``L`` tokens whose last ``R`` positions enter the loss: the
+  full float32 logits ``B·L·V`` (kept by the log-softmax, whose input is a slice of them) and, at the log-softmax's
+  backward, two ``B·R·V`` float32 tensors (its exponentials and the gradient), the slice's backward then writing a
+  full ``B·L·V`` gradient in their place; under bf16 autocast the bf16 logits stay too, with a float32 upcast of the
+  slice; the entropy's softmax adds ``B·R·V``;
+- the rollout: while generating, the KV cache ``2 · layers · B · T · H_kv · d`` elements of the generation dtype and
+  the last position's float32 logits; while scoring (old, reference log-probs, no gradient), one micro-batch's full
+  float32 logits and a log-softmax's ``B·R·V`` temporaries.
 
-The run's peak is the larger of the generation phase (all weights, training state, KV cache) and the update phase
-(all weights, training state, one micro-batch's activations and logits). Allocator fragmentation, the framework's own
+The run's peak is the larger of the rollout phase (all weights, training state, the larger of the KV cache and a
+scoring forward's logits) and the update phase (all weights, training state, one micro-batch's activations and
+logits). Allocator fragmentation, the framework's own
 buffers and the Python process are not modelled: :func:`pick_micro_batch` keeps a margin for them.
 """
 
@@ -152,11 +156,26 @@ def activation_bytes(shape: ModelShape, batch: int, seq_len: int, weight_dtype: 
     return tokens * per_token * size
 
 
-def logits_bytes(batch: int, seq_len: int, vocab: int, *, autocast_bf16: bool = False, entropy: bool = False) -> int:
-    """Bytes live at the backward of a loss over ``batch × seq_len`` positions' logits: float32 logits and their
-    float32 gradient, the bf16 logits too under autocast, the kept softmax when the entropy is computed."""
-    per = 4 + 4 + (2 if autocast_bf16 else 0) + (4 if entropy else 0)
-    return batch * seq_len * vocab * per
+def logits_bytes(batch: int, seq_len: int, vocab: int, loss_len: int | None = None, *, autocast_bf16: bool = False,
+                 entropy: bool = False) -> int:
+    """Bytes of logits live at the backward of a loss over the last ``loss_len`` (default ``seq_len``) of
+    ``batch × seq_len`` positions: ``4·B·L·V + 8·B·R·V`` (see the module docstring), plus ``2·B·L·V + 4·B·R·V``
+    under bf16 autocast and ``4·B·R·V`` with the entropy."""
+    r = seq_len if loss_len is None else loss_len
+    full, part = batch * seq_len * vocab, batch * r * vocab
+    n = 4 * full + 8 * part
+    if autocast_bf16:
+        n += 2 * full + 4 * part
+    if entropy:
+        n += 4 * part
+    return n
+
+
+def scoring_logits_bytes(batch: int, seq_len: int, vocab: int, loss_len: int | None = None) -> int:
+    """Bytes of a no-gradient scoring forward's logits (old or reference log-probs): the float32 logits ``B·L·V``
+    and the log-softmax's ``B·R·V`` exponentials."""
+    r = seq_len if loss_len is None else loss_len
+    return 4 * batch * (seq_len + r) * vocab
 
 
 def kv_cache_bytes(shape: ModelShape, batch: int, total_len: int, dtype: str = "float32") -> int:
@@ -184,37 +203,38 @@ class HeldModel:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes per component; ``peak`` is the larger of the two phases."""
+    """Bytes per component; ``peak`` is the larger of the two phases (``rollout``: generation and scoring)."""
 
     components: dict[str, int] = field(default_factory=dict)
-    generation: int = 0
+    rollout: int = 0
     update: int = 0
 
     @property
     def peak(self) -> int:
-        return max(self.generation, self.update)
+        return max(self.rollout, self.update)
 
     def table(self) -> str:
         """A readable breakdown, GiB with two decimals."""
         rows = [f"{k:<28} {v / GiB:8.2f} GiB" for k, v in self.components.items()]
-        rows += [f"{'generation phase':<28} {self.generation / GiB:8.2f} GiB",
+        rows += [f"{'rollout phase':<28} {self.rollout / GiB:8.2f} GiB",
                  f"{'update phase':<28} {self.update / GiB:8.2f} GiB",
                  f"{'peak':<28} {self.peak / GiB:8.2f} GiB"]
         return "\n".join(rows)
 
 
-def estimate_peak(models: Sequence[HeldModel], *, micro_batch: int, seq_len: int, generation_batch: int,
-                  generation_len: int, generation_dtype: str = "float32", autocast_bf16: bool = False,
+def estimate_peak(models: Sequence[HeldModel], *, micro_batch: int, seq_len: int, generation_batch: int = 0,
+                  generation_len: int = 0, generation_dtype: str = "float32", autocast_bf16: bool = False,
                   checkpointing: bool = False, padded: bool = True, entropy: bool = False,
-                  logits_len: int | None = None) -> MemoryEstimate:
+                  loss_len: int | None = None, scoring: bool = True) -> MemoryEstimate:
     """Peak bytes of a run holding ``models``.
 
-    ``micro_batch × seq_len``: the sequences (query + response) of one gradient forward; ``logits_len``: the positions
-    whose logits enter the loss (PPO: the response length; SFT: every position; RM: none, give 0), default
-    ``seq_len``. ``generation_batch × generation_len``: the batch sampled at once and its final length (0 for stages
-    that do not generate). The generation phase holds every model's weights, the training state and the first
-    model's (the policy's) KV cache; the update phase the weights, the training state and the activations of every
-    ``trained_forward`` model.
+    ``micro_batch × seq_len``: the sequences (query + response) of one forward; ``loss_len``: the last positions whose
+    logits enter the loss (PPO: the response length; SFT: every position, the default). ``generation_batch ×
+    generation_len``: the batch sampled at once and its final length (0 for stages that do not generate);
+    ``scoring``: whether no-gradient scoring forwards run on micro-batches (PPO's old and reference log-probs). The
+    rollout phase holds every model's weights, the training state and the larger of the first model's (the policy's)
+    KV cache and a scoring forward's logits; the update phase the weights, the training state and the activations
+    (and logits) of every ``trained_forward`` model.
     """
     if micro_batch < 1 or seq_len < 1:
         raise ValueError("micro_batch and seq_len must be ≥ 1")
@@ -232,17 +252,20 @@ def estimate_peak(models: Sequence[HeldModel], *, micro_batch: int, seq_len: int
             comp[f"activations/{m.name}"] = act
             update += act
             if m.logits:
-                lg = logits_bytes(micro_batch, seq_len if logits_len is None else logits_len, m.shape.vocab,
-                                  autocast_bf16=autocast_bf16, entropy=entropy)
+                lg = logits_bytes(micro_batch, seq_len, m.shape.vocab, loss_len, autocast_bf16=autocast_bf16,
+                                  entropy=entropy)
                 comp[f"logits/{m.name}"] = lg
                 update += lg
-    generation = held
+    transient = 0
     if generation_batch and generation_len and models:
-        kv = kv_cache_bytes(models[0].shape, generation_batch, generation_len, generation_dtype)
-        comp["kv_cache"] = kv
+        comp["kv_cache"] = kv_cache_bytes(models[0].shape, generation_batch, generation_len, generation_dtype)
         comp["generation_logits"] = generation_batch * models[0].shape.vocab * 4
-        generation += kv + comp["generation_logits"]
-    return MemoryEstimate(comp, generation=generation, update=update)
+        transient = comp["kv_cache"] + comp["generation_logits"]
+    if scoring and models:
+        comp["scoring_logits"] = scoring_logits_bytes(micro_batch, seq_len, models[0].shape.vocab, loss_len)
+        transient = max(transient, comp["scoring_logits"])
+    rollout = held + transient if (generation_batch or scoring) else 0
+    return MemoryEstimate(comp, rollout=rollout, update=update)
 
 
 def divisors(n: int) -> list[int]:
