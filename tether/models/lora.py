@@ -37,10 +37,11 @@ ALL_LINEAR = "all-linear"
 head): the default target set, which is every projection of the transformer blocks for each decoder family."""
 
 
-def _peft_config(cfg: LoraConfig, causal_lm: bool):
+def _peft_config(cfg: LoraConfig, causal_lm: bool, conv1d: bool):
     import peft
 
     return peft.LoraConfig(
+        fan_in_fan_out=conv1d,  # GPT-2's Conv1D stores its weight transposed
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
@@ -56,6 +57,12 @@ def is_adapted(model: nn.Module) -> bool:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return isinstance(model, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in model.modules())
+
+
+def _has_conv1d(model: nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) for m in model.modules())
 
 
 def _record_base_path(model: nn.Module) -> str | None:
@@ -82,7 +89,7 @@ def wrap_lora(model: nn.Module, cfg: LoraConfig):
         raise ModelError(f"{type(model).__name__}: already carries a peft adapter; pass the base model")
     causal_lm = hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None
     try:
-        wrapped = peft.get_peft_model(model, _peft_config(cfg, causal_lm))
+        wrapped = peft.get_peft_model(model, _peft_config(cfg, causal_lm, _has_conv1d(model)))
     except ValueError as err:  # peft: "Target modules {...} not found in the base model"
         raise ModelError(f"lora.target_modules: {str(err).splitlines()[0]}") from None
     base_path = _record_base_path(model)
