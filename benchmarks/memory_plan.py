@@ -46,23 +46,11 @@ def _kib(key: str) -> int:
     raise RuntimeError(key)
 
 
-def _estimate(layout: str, shape, args) -> dict:
+def _estimate(layout: str, shape, args):
     from tether.plan import memory as M
 
     lora = layout.startswith("lora")
-    r = 16
-    extra = M.lora_params(shape, r) if lora else 0
-    head = shape.hidden + 1
-    if lora:
-        models = [M.HeldModel("policy", shape, weights=shape.params + extra + head, trainable=extra + head,
-                              trained_forward=True, logits=True, lora_rank=r),
-                  M.HeldModel("reference", shape, weights=0)]
-    else:
-        trunk = shape.params  # tied embeddings: the critic trunk holds every parameter of the policy
-        models = [M.HeldModel("policy", shape, weights=shape.params, trainable=shape.params, trained_forward=True,
-                              logits=True),
-                  M.HeldModel("reference", shape, weights=shape.params),
-                  M.HeldModel("critic", shape, weights=trunk + head, trainable=trunk + head, trained_forward=True)]
+    models = M.ppo_layout(shape, lora_rank=16 if lora else 0, critic="shared" if lora else "separate")
     seq = args.query + args.response
     return M.estimate_peak(models, micro_batch=args.micro, seq_len=seq, generation_batch=args.gen_batch,
                            generation_len=seq, checkpointing=layout.endswith("ckpt"), padded=True,

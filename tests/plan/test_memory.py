@@ -37,6 +37,7 @@ def test_shape_from_config_counts_a_real_llama(tied):
     assert (shape.layers, shape.hidden, shape.intermediate, shape.heads, shape.kv_heads, shape.head_dim,
             shape.vocab, shape.gated_mlp) == (2, 32, 64, 4, 2, 8, 1000, True)
     assert shape.params == M.ModelShape.from_model(model).params == sum(p.numel() for p in model.parameters())
+    assert shape.head_params == (0 if tied else 1000 * 32)
 
 
 def test_shape_from_gpt2_config(make_gpt2):
@@ -161,6 +162,26 @@ def test_estimate_peak_ppo_with_lora_by_hand():
     assert est.peak < 0.5 * full.peak  # LoRA without a reference copy: weights once, state of the adapter only
     sft = M.estimate_peak(models[:1], micro_batch=4, seq_len=112, scoring=False)
     assert sft.rollout == 0 and sft.peak == sft.update
+
+
+def test_ppo_layouts_by_hand():
+    p, head = SMOLLM2.params, 577
+    full = M.ppo_layout(SMOLLM2)
+    assert [(m.name, m.weights, m.trainable, m.trained_forward, m.logits) for m in full] == [
+        ("policy", p, p, True, True), ("reference", p, 0, False, False), ("critic", p + head, p + head, True, False)]
+    lora = M.ppo_layout(SMOLLM2, lora_rank=16, critic="shared", reward=SMOLLM2, reward_dtype="bfloat16")
+    a = M.lora_params(SMOLLM2, 16)
+    assert [(m.name, m.weights, m.trainable, m.weight_dtype) for m in lora] == [
+        ("policy", p + a + head, a + head, "float32"), ("reference", 0, 0, "float32"),
+        ("reward", p + 1, 0, "bfloat16")]
+    own = M.ppo_layout(SMOLLM2, lora_rank=16, critic="separate", critic_lora_rank=8)
+    assert (own[2].weights, own[2].trainable, own[2].lora_rank) == (p + M.lora_params(SMOLLM2, 8) + head,
+                                                                     M.lora_params(SMOLLM2, 8) + head, 8)
+    untied = M.ModelShape(**{**SMOLLM2.__dict__, "params": p + 49152 * 576, "head_params": 49152 * 576})
+    assert M.ppo_layout(untied)[2].weights == p + head  # the critic's trunk has no LM head
+    assert M.ppo_layout(SMOLLM2, critic="none")[-1].name == "reference"
+    with pytest.raises(ValueError, match="critic must be"):
+        M.ppo_layout(SMOLLM2, critic="twin")
 
 
 def test_pick_micro_batch():

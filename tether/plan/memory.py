@@ -70,6 +70,8 @@ class ModelShape:
     vocab: int
     params: int
     gated_mlp: bool = True
+    head_params: int = 0
+    """Parameters of the LM head that the trunk does not hold: 0 with tied embeddings, ``vocab × hidden`` untied."""
 
     @classmethod
     def from_config(cls, config: Any, params: int | None = None) -> "ModelShape":
@@ -86,7 +88,8 @@ class ModelShape:
                     head_dim=int(get("head_dim", default=hidden // heads)), vocab=int(get("vocab_size")), params=0,
                     gated_mlp=gated)
         tied = bool(get("tie_word_embeddings", default=True))
-        return cls(**{**shape.__dict__, "params": params if params is not None else decoder_params(shape, tied)})
+        return cls(**{**shape.__dict__, "params": params if params is not None else decoder_params(shape, tied),
+                      "head_params": 0 if tied else shape.vocab * hidden})
 
     @classmethod
     def from_model(cls, model: Any) -> "ModelShape":
@@ -220,6 +223,46 @@ class MemoryEstimate:
                  f"{'update phase':<28} {self.update / GiB:8.2f} GiB",
                  f"{'peak':<28} {self.peak / GiB:8.2f} GiB"]
         return "\n".join(rows)
+
+
+def value_head_params(shape: ModelShape) -> int:
+    """A scalar value head on the trunk: ``hidden`` weights and a bias."""
+    return shape.hidden + 1
+
+
+def ppo_layout(policy: ModelShape, *, weight_dtype: str = "float32", reference_dtype: str | None = None,
+               lora_rank: int = 0, critic: str = "separate", critic_lora_rank: int = 0,
+               reward: ModelShape | None = None, reward_dtype: str | None = None) -> list[HeldModel]:
+    """The models a PPO run holds, for :func:`estimate_peak` (the policy first).
+
+    - policy: every parameter trainable, or with ``lora_rank`` its adapter (plus a shared value head) only;
+    - reference: a frozen copy (``reference_dtype``, default ``weight_dtype``), or with LoRA the policy with its
+      adapter off — no weights of its own;
+    - critic ``separate``: its own trunk (the policy's size, no LM head) and value head, trainable (with
+      ``critic_lora_rank``: a frozen trunk with its own adapter); ``shared``: a value head on the policy's trunk,
+      no forward of its own; ``none``: critic-free estimators;
+    - reward: a frozen reward model (its trunk and a 1-output head), when it is a model.
+    """
+    if critic not in ("separate", "shared", "none"):
+        raise ValueError(f"critic must be separate, shared or none, got {critic!r}")
+    ref_dtype = reference_dtype or weight_dtype
+    head = value_head_params(policy) if critic == "shared" else 0
+    adapter = lora_params(policy, lora_rank) if lora_rank else 0
+    trainable = (adapter if lora_rank else policy.params) + head
+    models = [HeldModel("policy", policy, weights=policy.params + adapter + head, weight_dtype=weight_dtype,
+                        trainable=trainable, trained_forward=True, logits=True, lora_rank=lora_rank),
+              HeldModel("reference", policy, weights=0 if lora_rank else policy.params, weight_dtype=ref_dtype)]
+    if critic == "separate":
+        trunk = policy.params - policy.head_params
+        vhead = value_head_params(policy)
+        own = lora_params(policy, critic_lora_rank) if critic_lora_rank else 0
+        models.append(HeldModel("critic", policy, weights=trunk + own + vhead, weight_dtype=weight_dtype,
+                                trainable=(own if critic_lora_rank else trunk) + vhead, trained_forward=True,
+                                lora_rank=critic_lora_rank))
+    if reward is not None:
+        models.append(HeldModel("reward", reward, weights=reward.params - reward.head_params + 1,
+                                weight_dtype=reward_dtype or ref_dtype))
+    return models
 
 
 def estimate_peak(models: Sequence[HeldModel], *, micro_batch: int, seq_len: int, generation_batch: int = 0,
