@@ -203,3 +203,15 @@ def test_ppo_help_mentions_preset(capsys):
     out = capsys.readouterr().out
     assert "[preset]" in out and "preset ({nplus,lmhp,trl,openrlhf,verl_ppo,verl_grpo} | null" in out
     assert "docs/presets.md" in out
+
+
+def test_saved_config_reloads_to_the_same_config(tmp_path):
+    """A run saves its resolved config (preset name and every value); reading it back builds the same config, so
+    resuming a preset run sees no change."""
+    from tether.config.base import dump, load
+
+    cfg = PPOConfig(preset="verl_grpo", kl_coef=0.01, rollout_batch_size=4, micro_batch_size=5)
+    path = tmp_path / "tether_config.yaml"
+    path.write_text(yaml.safe_dump(dump(cfg)))
+    again = load(PPOConfig, path)
+    assert again == cfg and again.preset == "verl_grpo" and again.kl_coef == 0.01
