@@ -294,6 +294,8 @@ _TRL = Preset(
         NotMapped("prompt length: whatever the dataset holds", "TRL's PPOTrainer does not cut prompts; tether keeps "
                   "the last `max_prompt_length` tokens", "trl `PPOTrainer.train`", "max_prompt_length"),
         NotMapped("dropout disabled in every model", _DROPOUT, "trl `PPOTrainer.__init__`"),
+        NotMapped("`num_sample_generations` 10", "logging only: tether writes sample completions every "
+                  "`sample_every` updates", "trl `PPOConfig`"),
     ),
 )
 
@@ -357,6 +359,9 @@ _OPENRLHF = Preset(
                   "per-source `normalize: batch` is a different (per-batch) normalisation", "openrlhf cli"),
         NotMapped("`--train.micro_batch_size` 1, `--rollout.micro_batch_size` 1", _MICRO, "openrlhf cli"),
         NotMapped("`--train.seed` 42", _SEED, "openrlhf cli"),
+        NotMapped("`--algo.advantage.is_correction_enable` False (vLLM importance-sampling correction)", "off there "
+                  "too; tether samples with the model it trains, so there is no engine mismatch to correct",
+                  "openrlhf cli"),
         NotMapped("`--data.max_len` 2048 (prompt + response)", "tether bounds prompt and response separately "
                   "(`max_prompt_length`, `response_length`)", "openrlhf cli", "max_prompt_length"),
     ),
@@ -368,6 +373,10 @@ _VERL_COMMON_NOT_MAPPED = (
     NotMapped("`ppo_micro_batch_size_per_gpu` null (must be set)", _MICRO, "verl"),
     NotMapped("`data.seed` null, `data_loader_seed` 42", _SEED, "verl"),
     NotMapped("`rollout.top_k` −1, `rollout.top_p` 1", "off there too: " + _PURE, "verl"),
+    NotMapped("`actor.shuffle` false", "tether splits each rollout into minibatches in a seeded random order",
+              "verl"),
+    NotMapped("`critic.optim.weight_decay` 0.01, `critic.optim.clip_grad` 1.0", "the same as the actor's here; "
+              "tether's `weight_decay` and `max_grad_norm` apply to both models", "verl"),
 )
 
 
