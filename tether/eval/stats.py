@@ -60,7 +60,8 @@ def bootstrap_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0)
 
 def paired_bootstrap_diff(a, b, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> Interval:
     """(mean_diff, lo, hi) of ``b - a`` for paired scores (e.g. before = ``a``, after = ``b`` on the same
-    prompts): items are resampled as pairs, so the interval reflects the per-prompt change."""
+    prompts): items are resampled as pairs, so the interval reflects the per-item change. Each pair is an independent
+    item: for several completions per prompt use :func:`prompt_bootstrap_diff`."""
     a, b = _as_1d(a, "a"), _as_1d(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"paired scores need equal lengths, got {a.size} and {b.size}")
@@ -69,7 +70,8 @@ def paired_bootstrap_diff(a, b, n_boot: int = 2000, alpha: float = 0.05, seed: i
 
 def paired_win_rate(a, b, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> Interval:
     """(win rate, lo, hi) of ``b`` over ``a`` for paired scores: the share of pairs with ``b > a``, ties counting a
-    half, with the percentile-bootstrap interval over pairs. 0.5 means no preference either way."""
+    half, with the percentile-bootstrap interval over pairs (each pair an independent item; for completions grouped
+    by prompt use :func:`prompt_win_rate`). 0.5 means no preference either way."""
     a, b = _as_1d(a, "a"), _as_1d(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"paired scores need equal lengths, got {a.size} and {b.size}")
