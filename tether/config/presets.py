@@ -375,8 +375,6 @@ _VERL_COMMON_NOT_MAPPED = (
     NotMapped("`rollout.top_k` −1, `rollout.top_p` 1", "off there too: " + _PURE, "verl"),
     NotMapped("`actor.shuffle` false", "tether splits each rollout into minibatches in a seeded random order",
               "verl"),
-    NotMapped("`critic.optim.weight_decay` 0.01, `critic.optim.clip_grad` 1.0", "the same as the actor's here; "
-              "tether's `weight_decay` and `max_grad_norm` apply to both models", "verl"),
 )
 
 
@@ -437,7 +435,9 @@ _VERL_PPO = Preset(
         _s("whiten_advantages", True, "`masked_whiten(advantages, response_mask)` in GAE", "verl `core_algos.py`"),
         _s("whiten_rewards", False, "no per-token reward whitening", "verl `core_algos.py`"),
     ),
-    _VERL_COMMON_NOT_MAPPED,
+    (*_VERL_COMMON_NOT_MAPPED,
+     NotMapped("`critic.optim.weight_decay` 0.01, `critic.optim.clip_grad` 1.0", "the same as the actor's here; "
+               "tether's `weight_decay` and `max_grad_norm` apply to both models", "verl")),
 )
 
 _VERL_GRPO = Preset(
@@ -463,8 +463,8 @@ _VERL_GRPO = Preset(
     (
         *_VERL_COMMON_NOT_MAPPED,
         NotMapped("low_var_kl clamps each token's k3 value to [−10, 10]", "tether clamps only the log-ratio "
-                  "(`kl_log_ratio_clamp`); k3 values above 10 nats per token are rare at β 0.001", "verl "
-                  "`core_algos.py` `kl_penalty_forward`"),
+                  "(`kl_log_ratio_clamp`), so the two differ on tokens whose k3 exceeds 10: π_ref/π above ≈ 13.6 or "
+                  "below ≈ e^−11", "verl `core_algos.py` `kl_penalty_forward`"),
         NotMapped("critic settings", "GRPO trains no critic; tether's critic options keep their defaults (they "
                   "apply only if you set `advantage: gae`)", "verl-grpo doc"),
     ),
