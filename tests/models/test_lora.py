@@ -198,6 +198,14 @@ def test_added_pad_token_rows_are_saved_with_the_adapter(tmp_path, gpt2_tok, mak
     back, tok = load_adapter_run(run)
     assert tok.pad_token_id == len(tok) - 1
     assert torch.equal(_logits(back.get_base_model(), ids, mask), on)
+    # resuming from a checkpoint's adapter state: the base is resized again (other random rows), the state restores
+    torch.manual_seed(123)
+    other = load_causal_lm(tmp_path / "base")
+    resize_for_tokenizer(other, gpt2_tok)
+    fresh = wrap_lora(other, LoraConfig(r=4))
+    assert not torch.equal(_logits(other, ids, mask), on)
+    load_adapter_state(fresh, adapter_state_dict(wrapped))
+    assert torch.equal(_logits(other, ids, mask), on)
 
 
 def test_adapter_state_round_trip_for_checkpoints(tmp_path, gpt2_tok, make_llama):

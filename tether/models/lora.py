@@ -153,10 +153,12 @@ class AdapterOffReference(nn.Module):
 
 
 def adapter_state_dict(peft_model) -> dict[str, torch.Tensor]:
-    """The adapter's weights alone (what a checkpoint of an adapter run needs to hold), keyed as peft saves them."""
+    """The adapter's weights (what a checkpoint of an adapter run needs to hold), keyed as peft saves them, with the
+    embedding matrix when the tokenizer gained tokens (its new rows are random and must come back as they were)."""
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model, save_embedding_layers=False).items()}
+    state = get_peft_model_state_dict(peft_model, save_embedding_layers=_embeddings_resized(peft_model))
+    return {k: v.detach().clone() for k, v in state.items()}
 
 
 def load_adapter_state(peft_model, state: dict[str, torch.Tensor]) -> None:
