@@ -51,6 +51,7 @@ def test_checkpointing_lowers_saved_activations_only_in_grad_forward_and_keeps_g
     model = make(len(gpt2_tok) + 1, layers=4, hidden=64)  # loaded the way tether loads models: eval mode
     ids, mask = _inputs(gpt2_tok)
     full, g_full = _saved_activation_bytes_and_grads(model, ids, mask, train_mode=False)
+    assert not checkpointing_enabled(model)
     enable_checkpointing(model)
     assert checkpointing_enabled(model) and not model.training
     ignored, _ = _saved_activation_bytes_and_grads(model, ids, mask, train_mode=False)
