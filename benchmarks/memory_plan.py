@@ -157,6 +157,11 @@ def main() -> None:
 
     from tether.plan import memory as M
 
+    gib = M.GiB
+    print(f"model {args.model}, micro-batch {args.micro} × ({args.query} + {args.response}) tokens, "
+          f"{args.gen_batch} sampled at once")
+    print(f"{'layout':<11} {'roll est':>9} {'roll meas':>9} {'ratio':>6} {'peak est':>9} {'peak meas':>9} {'ratio':>6}"
+          f"  device", flush=True)
     rows = []
     for layout in args.layouts.split(","):
         cmd = [sys.executable, __file__, "--one", layout, "--model", args.model, "--micro", str(args.micro),
@@ -171,16 +176,11 @@ def main() -> None:
         est = _estimate(layout, M.ModelShape(**got["shape"]), args)
         got.update(est_rollout=est.rollout, est_peak=est.peak, components=est.components)
         rows.append(got)
-    gib = M.GiB
-    print(f"model {args.model}, micro-batch {args.micro} × ({args.query} + {args.response}) tokens, "
-          f"{args.gen_batch} sampled at once; device {rows[0]['device'] if rows else '?'}")
-    print(f"{'layout':<11} {'roll est':>9} {'roll meas':>9} {'ratio':>6} {'peak est':>9} {'peak meas':>9} {'ratio':>6}")
-    for r in rows:
-        print(f"{r['layout']:<11} {r['est_rollout'] / gib:8.2f}G {r['generation'] / gib:8.2f}G "
-              f"{r['est_rollout'] / max(r['generation'], 1):6.2f} {r['est_peak'] / gib:8.2f}G "
-              f"{r['peak'] / gib:8.2f}G {r['est_peak'] / max(r['peak'], 1):6.2f}")
-    if args.out:
-        args.out.write_text(json.dumps(rows, indent=1))
+        print(f"{layout:<11} {est.rollout / gib:8.2f}G {got['generation'] / gib:8.2f}G "
+              f"{est.rollout / max(got['generation'], 1):6.2f} {est.peak / gib:8.2f}G "
+              f"{got['peak'] / gib:8.2f}G {est.peak / max(got['peak'], 1):6.2f}  {got['device']}", flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
