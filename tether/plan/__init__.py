@@ -1,2 +1,2 @@
-"""Planning a run before it starts: memory estimates and the micro-batch they allow. Arithmetic on model shapes only;
-imports no model code."""
+"""Planning a run's memory: the peak-memory estimate and the micro-batch it allows (``memory``: arithmetic on model
+shapes, no model code), and redoing a step with a smaller micro-batch after an out-of-memory error (``oom``)."""
