@@ -247,8 +247,9 @@ def test_reference_view_holds_no_weights_and_leaves_the_policy_mode(tmp_path, gp
     ref = AdapterOffReference(wrapped)
     assert list(ref.parameters()) == [] and ref.state_dict() == {}
     base.train()
-    ref.eval().requires_grad_(False)
+    ref.eval().requires_grad_(False).to(torch.bfloat16)
     assert base.training and trainable_parameter_names(wrapped)
+    assert all(p.dtype == torch.float32 for p in base.parameters())
     assert ref.get_output_embeddings() is base.get_output_embeddings()
     ids, mask = _batch(gpt2_tok)
     assert not _logits(ref, ids, mask).requires_grad
