@@ -295,38 +295,18 @@ def _data_dir_files(path: Path, name: str, split: str | None) -> list[Path]:
     return sorted(files[_pick_split(sorted(files), split, name)])
 
 
-def hub_cache_dir() -> str:
-    """The Hugging Face hub cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else ``~/.cache/huggingface/hub``), read
-    when called so a changed environment is honoured."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.environ["HF_HOME"], "hub")
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_CACHE
-
-
-def cached_snapshot(repo_id: str, repo_type: str) -> Path | None:
-    """The local snapshot of a Hub repository in the hub cache, or None when it is not there (never downloads)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, repo_type=repo_type, local_files_only=True, cache_dir=hub_cache_dir()))
-    except Exception:  # LocalEntryNotFoundError, a malformed name, a broken cache entry
-        return None
-
-
 def resolve_hub_dataset(name: str) -> Path:
     """The local snapshot directory of Hub dataset ``name`` (``org/name``), from the hub cache only.
 
     tether never downloads data: the snapshot must be there (``hf download --repo-type dataset NAME``); with
     ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` set nothing else would be tried anyway. Not cached: one-line DataError.
     """
+    from tether.hub import cached_snapshot, download_command, hub_cache_dir
+
     snap = cached_snapshot(name, "dataset")
     if snap is None:
         raise DataError(f"{name}: no such file, and no dataset of that name in the local Hugging Face cache "
-                        f"({hub_cache_dir()}); download it first: hf download --repo-type dataset {name}")
+                        f"({hub_cache_dir()}); download it first: {download_command(name, 'dataset')}")
     return snap
 
 
@@ -647,6 +627,32 @@ def has_chat_template(tokenizer: Any) -> bool:
     return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
 
 
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'][:1] | upper }}{{ m['role'][1:] }}: {{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+"""The plain fallback of :func:`render_chat` as a Jinja chat template: what SFT saves into a template-less tokenizer
+it trained on chat data, so that later stages and plain ``apply_chat_template`` render conversations the same way."""
+
+
+def uses_chat(records: Iterable[dict[str, Any]]) -> bool:
+    """True when any validated record holds a conversation (``messages`` or message-list columns)."""
+    return any(isinstance(v, list) and v and isinstance(v[0], dict) and "role" in v[0]
+               for rec in records for k, v in rec.items() if k in ("messages", "prompt", "completion", "chosen"))
+
+
+def adopt_chat_template(tokenizer: Any, records: Iterable[dict[str, Any]]) -> bool:
+    """Give a tokenizer without a chat template :data:`FALLBACK_CHAT_TEMPLATE` when ``records`` hold chat data
+    (the text is unchanged: it is what :func:`render_chat` writes without a template). Saved with the tokenizer, the
+    template makes the reward model, PPO, ``tether eval`` and plain transformers format chats as SFT did. Returns True
+    when the template was set."""
+    if tokenizer is None or has_chat_template(tokenizer) or not uses_chat(records):
+        return False
+    tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    return True
+
+
 def render_chat(messages: list[dict[str, str]], tokenizer: Any = None, add_generation_prompt: bool = False) -> str:
     """A conversation as text: the tokenizer's chat template when it has one, else a plain fallback.
 
@@ -656,7 +662,9 @@ def render_chat(messages: list[dict[str, str]], tokenizer: Any = None, add_gener
         User: Hi there\\nAssistant: Hello!<eos>\\n          (add_generation_prompt=False)
         User: Hi there\\nAssistant:                        (add_generation_prompt=True)
 
-    Text made by a chat template may already hold the tokenizer's BOS: tokenise it with
+    :data:`FALLBACK_CHAT_TEMPLATE` is the same fallback as a Jinja template (SFT saves it into the tokenizer it
+    trains, see :func:`adopt_chat_template`). Text made by a chat template may already hold the tokenizer's BOS:
+    tokenise it with
     :func:`tether.data.prompts.prompt_ids`, which does not repeat it.
     """
     if has_chat_template(tokenizer):
