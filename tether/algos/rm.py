@@ -45,7 +45,7 @@ from tether.monitor.logger import STAGE_LOG_FILES, stage_logger
 from tether.config.base import dump
 from tether.config.rm import RMConfig
 from tether.data.preferences import collate_pairs, encode_for_reward, pad_right, tokenize_pairs
-from tether.data.readers import read_records
+from tether.data.readers import adopt_chat_template, read_records
 from tether.errors import ConfigError, DataError, ModelError
 from tether.models.load import (
     disable_dropout,
@@ -332,6 +332,7 @@ def train_rm(
     else:
         train_records, eval_records = split_eval(all_train, cfg.eval_fraction, cfg.seed)
     pad_id = tokenizer.pad_token_id
+    adopt_chat_template(tokenizer, all_train)  # chat pairs, no template: save the one the scores were trained on
 
     def tok(records: list[dict]) -> list[dict]:
         return tokenize_pairs(records, tokenizer, style=style, max_length=max_length,

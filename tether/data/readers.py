@@ -36,8 +36,8 @@ import csv
 import glob as globlib
 import io
 import json
+import logging
 import math
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -650,6 +650,8 @@ def adopt_chat_template(tokenizer: Any, records: Iterable[dict[str, Any]]) -> bo
     if tokenizer is None or has_chat_template(tokenizer) or not uses_chat(records):
         return False
     tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    logging.getLogger(__name__).info("the tokenizer has no chat template: the plain 'Role: content' one used for "
+                                     "this chat data is saved with it")
     return True
 
 
