@@ -173,14 +173,15 @@ def _first_line(err: BaseException) -> str:
 
 @contextlib.contextmanager
 def _quiet_datasets():
-    """``datasets`` without its progress bars and info logs (restored afterwards)."""
+    """``datasets`` without its progress bars and logs (restored afterwards): its failures reach the user as tether's
+    one-line errors."""
     import datasets
     from datasets.utils import logging as ds_logging
 
     bars = datasets.is_progress_bar_enabled()
     level = ds_logging.get_verbosity()
     datasets.disable_progress_bars()
-    ds_logging.set_verbosity_error()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)  # a file it cannot parse is logged as an ERROR with a traceback
     try:
         yield datasets
     finally:
@@ -317,7 +318,8 @@ def _sources(source: Any, split: str | None) -> tuple[str, list[Any]]:
         path = Path(source)
         if split is None and not path.exists() and ":" in name:  # "NAME:split" names a split
             base, _, maybe_split = name.rpartition(":")
-            if Path(base).is_dir() or (not Path(base).exists() and _HUB_NAME.match(base) and "/" in base):
+            if Path(base).is_dir() or (not Path(base).exists() and _HUB_NAME.match(base) and "/" in base
+                                       and not Path(base).parent.exists()):
                 path, split, name = Path(base), maybe_split, base
         if any(c in name for c in "*?[") and not path.exists():
             files = sorted(Path(p) for p in globlib.glob(name, recursive=True) if Path(p).is_file())
@@ -325,7 +327,7 @@ def _sources(source: Any, split: str | None) -> tuple[str, list[Any]]:
                 raise DataError(f"{name}: no file matches")
             return name, [(f, str(f)) for f in files]
         if not path.exists():
-            if _HUB_NAME.match(name) and "/" in name and not file_format(name)[0]:
+            if _HUB_NAME.match(name) and "/" in name and not file_format(name)[0] and not path.parent.exists():
                 snap = resolve_hub_dataset(name)
                 return name, [(f, f"{name}/{f.relative_to(snap)}") for f in _data_dir_files(snap, name, split)]
             raise DataError(f"{name}: file not found")

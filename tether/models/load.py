@@ -33,7 +33,7 @@ def resolve_model(path: str | Path, what: str = "model") -> Path:
     not a ``save_pretrained`` directory, or holds only pickle weights (``.bin``: tether loads safetensors only, and
     the message says how to convert)."""
     p = Path(path)
-    if not p.exists() and _REPO_ID.match(str(path)) and not str(path).startswith("."):
+    if not p.exists() and _REPO_ID.match(str(path)) and not p.parent.exists():  # not a mistyped local path
         from tether.hub import cached_snapshot, download_command, hub_cache_dir
 
         snap = cached_snapshot(str(path), "model")
