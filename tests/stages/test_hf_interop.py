@@ -205,3 +205,23 @@ def test_model_card_lists_a_hub_dataset_and_refuses_unknown_stages():
     assert "| `lr` | 2e-05 |" in card and 'pipeline("text-generation", model="runs/x")' in card
     with pytest.raises(ValueError, match="unknown stage"):
         model_card("dpo", {})
+
+
+def test_data_options_take_a_dataset_from_python_and_read_as_paths_in_help():
+    import datasets
+
+    from tether.config.base import dump, help_lines
+
+    ds = datasets.Dataset.from_list([{"prompt": "p", "chosen": " a", "rejected": " b"}])
+    cfg = RMConfig(train_file=ds, normalize_file=ds)
+    assert cfg.train_file is ds and dump(cfg)["train_file"] == f"<datasets.Dataset {ds._fingerprint}, 1 rows>"
+    assert RMConfig(train_file=Path("pairs.jsonl")).train_file == "pairs.jsonl"
+    lines = help_lines(RMConfig)
+    for key in ("train_file (str, required)", "eval_file (str | null, default None)",
+                "normalize_file (str | null, default None)"):
+        assert any(line.startswith(key) for line in lines), key
+    from tether.errors import ConfigError
+    from tether.config.base import build
+
+    with pytest.raises(ConfigError, match=r"^train_file: must be a data file, glob, directory or Hub dataset name"):
+        build(RMConfig, {"train_file": "  "})

@@ -266,6 +266,8 @@ def _deepcopy(d: dict[str, Any]) -> dict[str, Any]:
 
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
+    if origin is Annotated:  # a validated type (DataSource): named by its base type
+        return _type_name(typing.get_args(annotation)[0])
     if origin is typing.Literal:
         return "{" + ",".join(str(a) for a in typing.get_args(annotation)) + "}"
     if origin in (typing.Union, types.UnionType):
