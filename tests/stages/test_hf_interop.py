@@ -225,3 +225,33 @@ def test_data_options_take_a_dataset_from_python_and_read_as_paths_in_help():
 
     with pytest.raises(ConfigError, match=r"^train_file: must be a data file, glob, directory or Hub dataset name"):
         build(RMConfig, {"train_file": "  "})
+
+
+def test_cli_sft_with_a_hub_model_and_a_hub_dataset_from_the_cache(tmp_path, monkeypatch, capsys):
+    """`tether sft model=org/name train_file=org/data` offline: both resolve from the cache; the card names them."""
+    import pandas as pd
+
+    from tether.cli import main
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _fake_hub_model(tmp_path / "hub", "tinyorg/tiny-llama")
+    root = tmp_path / "hub" / "datasets--dataorg--chat"
+    snap = root / "snapshots" / ("2" * 40)
+    (snap / "data").mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text("2" * 40)
+    pd.DataFrame([{"prompt": f"Say {w}.", "completion": f" {w}."} for w in ITEMS]).to_parquet(
+        snap / "data" / "train-00000-of-00001.parquet")
+    monkeypatch.chdir(tmp_path)
+    argv = ["sft", "model=tinyorg/tiny-llama", "train_file=dataorg/chat", "output_dir=out", "max_steps=1",
+            "batch_size=2", "eval_fraction=0"]
+    assert main(argv) == 0, capsys.readouterr().err
+    front = _front_matter(tmp_path / "out" / "README.md")
+    assert front["base_model"] == "tinyorg/tiny-llama" and front["datasets"] == ["dataorg/chat"]
+    capsys.readouterr()
+    assert main(["sft", "model=tinyorg/other", "train_file=dataorg/chat", "output_dir=out2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["tether: error: tinyorg/other: no such model directory, and no model of that name in the local "
+                   f"Hugging Face cache ({tmp_path / 'hub'}); download it first: hf download tinyorg/other"]
+    assert not (tmp_path / "out2").exists()
