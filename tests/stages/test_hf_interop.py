@@ -92,7 +92,7 @@ def test_rm_on_hh_shaped_gz_pairs_scores_the_same_in_plain_transformers(tmp_path
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
     card = (res.output_dir / "README.md").read_text()
     assert _front_matter(res.output_dir / "README.md")["tags"][-1] == "reward-model"
-    assert "plain `AutoModelForSequenceClassification` gives the same scores" in card
+    assert "(transformer.ln_f.bias): plain `AutoModelForSequenceClassification` gives the same scores" in card
     assert f"| `accuracy` | {res.accuracy:.6g} |" in card and str(path) in card
 
 
@@ -116,8 +116,10 @@ def test_unfoldable_shift_is_said_loudly_and_old_offsets_still_load(tmp_path, ca
                                    atol=1e-5, rtol=0)
         plain = loaded(input_ids=ids).logits[:, 0]
     torch.testing.assert_close(plain, 2 * before, atol=1e-5, rtol=0)  # exactly the offset the card names
-    notes = card_notes({"mode": "shift_scale", "mean": 1.0, "std": 0.5, "n": 4, "folded_into": "config"})
-    assert "tether_score_offset" in notes[1] and "lower by that constant" in notes[1]
+    notes = card_notes({"mode": "shift_scale", "mean": 1.0, "std": 0.5, "n": 4, "shift": -2.0, "scale": 2.0,
+                        "folded_into": "config"})
+    assert notes[1].startswith("The shift (-2) cannot live in this architecture's weights")
+    assert "`tether_score_offset` in config.json" in notes[1] and "scores are tether's minus that offset" in notes[1]
 
 
 def _save_tiny_policy(d: Path) -> Path:

@@ -17,9 +17,9 @@ class RMConfig(StepRun):
 
     # --- model and data --------------------------------------------------------------------------
     model: Optional[str] = None
-    """Backbone directory: an SFT causal LM (its head is read at the EOS) or an encoder such as BERT/MiniLM (pooled
-    [CLS]); a directory that is already a reward model continues from its head. Required unless a model object is
-    passed to `train_rm`."""
+    """Backbone directory (or a Hub name in the local cache): an SFT causal LM (its head is read at the EOS) or an
+    encoder such as BERT/MiniLM (pooled [CLS]); a directory that is already a reward model continues from its head.
+    Required unless a model object is passed to `train_rm`."""
     output_dir: OutputDir = "runs/rm"
     """Where the reward model (safetensors + tokenizer + tether_config.yaml + tether_rm.json) and metrics.jsonl go."""
     train_file: DataSource

@@ -18,8 +18,8 @@ class SFTConfig(StepRun):
 
     # --- model and data --------------------------------------------------------------------------
     model: Optional[str] = None
-    """Directory of the causal LM to fine-tune (`save_pretrained` format, with its tokenizer). Required unless a
-    model object is passed to `train_sft`."""
+    """Directory of the causal LM to fine-tune (`save_pretrained` format, with its tokenizer), or a Hub name `org/name`
+    in the local cache (docs/data.md). Required unless a model object is passed to `train_sft`."""
     output_dir: OutputDir = "runs/sft"
     """Where the fine-tuned model (safetensors + tokenizer + tether_config.yaml) and metrics.jsonl are written."""
     train_file: DataSource

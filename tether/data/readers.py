@@ -579,13 +579,16 @@ def read_records(
 ) -> list[dict[str, Any]]:
     """Read and validate every record of ``source``; the first bad one raises a one-line :class:`DataError`.
 
-    ``source``: a path (``.jsonl``, ``.json``, ``.csv``, ``.parquet``, or a ``datasets`` ``save_to_disk``
-    directory, optionally ``dir:split`` for a DatasetDict), a ``datasets.Dataset``, or a list of dicts.
+    ``source``: a path (``.jsonl``, ``.json``, ``.csv``, ``.parquet``, each possibly compressed), a glob, a directory
+    of data files or a ``datasets`` ``save_to_disk`` directory, a cached Hub dataset name (``NAME:split`` for a
+    split; see the module docstring), a ``datasets.Dataset``, or a list of dicts.
     ``kind`` adds the column rules of a stage:
 
     - ``"sft"``: ``messages`` (with at least one assistant turn), or ``prompt`` + ``completion`` (both strings or
       both message lists), or ``text`` (the whole text is the target).
-    - ``"preference"``: ``prompt``, ``chosen``, ``rejected`` (all strings, or all message lists); chosen ≠ rejected.
+    - ``"preference"``: ``prompt``, ``chosen``, ``rejected`` (all strings, or all message lists), or ``chosen`` and
+      ``rejected`` alone (the prompt is their shared start, :func:`_shared_prompt`; also when a text ``prompt`` sits
+      beside conversations that hold it); chosen ≠ rejected.
     - ``"prompt"``: ``prompt`` (string or messages) or ``messages``, not ending with an assistant turn.
 
     ``required`` columns must be present and non-null/non-empty; ``numeric`` columns must hold finite numbers
@@ -710,8 +713,8 @@ def load_prompts(source: Any, tokenizer: Any = None) -> list[str]:
     """Prompts as strings ready to tokenise: conversations go through :func:`render_chat` with
     ``add_generation_prompt=True`` (the tokenizer's chat template when it has one, else the plain fallback).
 
-    ``source``: a path (``.jsonl``/``.json``/``.csv``/``.parquet``/datasets dir) with a ``prompt`` or ``messages``
-    column, a ``datasets.Dataset``, or a list of strings, conversations or records. Prompts rendered by a chat template
+    ``source``: a path, glob, directory or cached Hub dataset (as for :func:`read_records`) with a ``prompt`` or
+    ``messages`` column, a ``datasets.Dataset``, or a list of strings, conversations or records. Prompts rendered by a chat template
     already contain the template's special tokens. Plain string prompts are returned unchanged. Tokenise them with
     :func:`tether.data.prompts.prompt_ids` (the tokenizer's BOS, once); :func:`tether.data.prompts.load_prompt_set`
     also keeps the file line of each prompt.

@@ -108,8 +108,9 @@ def model_card(stage: str, cfg: Any, metrics: Mapping[str, Any] | Sequence[Mappi
     lines += ["## Final metrics", ""]
     lines += ["| metric | value |", "| --- | --- |", *[f"| `{k}` | {_text(v)} |" for k, v in final.items()]] if final \
         else ["No metric was recorded."]
-    lines += ["", "## Framework", "", "Trained with tether (RLHF with PPO for Hugging Face causal LMs); the run's "
-              "`metrics.jsonl` and `report.html` sit beside this card.", ""]
+    run = "the run directory above this one" if stage == "ppo" else "this directory"
+    lines += ["", "## Framework", "", f"Trained with tether (RLHF with PPO for Hugging Face causal LMs); {run} holds "
+              "the run's `metrics.jsonl` and its HTML report (`report.html`, unless turned off).", ""]
     return "\n".join(lines)
 
 

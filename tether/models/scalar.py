@@ -182,8 +182,8 @@ def fold_score_affine(model: nn.Module, scale: float = 1.0, shift: float = 0.0) 
     if new_offset or hasattr(model.config, OFFSET_ATTR):
         setattr(model.config, OFFSET_ATTR, new_offset)
     if new_offset:
-        log.warning("reward model: %s has no bias in its score head or final norm, so the score shift %.6g is kept in "
-                    "config.json (%s), which tether adds; a plain transformers forward scores %.6g lower "
+        log.warning("reward model: %s has no bias in its score head or final norm, so the score offset %.6g is kept "
+                    "in config.json (%s), which tether adds; plain transformers scores are tether's minus %.6g "
                     "(comparisons between completions are unchanged)", type(model).__name__, new_offset, OFFSET_ATTR,
                     new_offset)
     return "config"
@@ -196,13 +196,15 @@ def card_notes(stats: Mapping[str, Any] | None) -> list[str]:
         return ["The scores are not normalised (`normalize: none`)."]
     how = "s − μ" if stats.get("mode") == "shift" else "(s − μ)/σ"
     line = (f"Scores are normalised as {how} with μ = {stats['mean']:.6g}, σ = {stats['std']:.6g} over "
-            f"{stats['n']} reference completions, folded into the weights ({stats['folded_into']})")
+            f"{stats['n']} reference completions")
     if stats.get("folded_into") == "config":
-        return [line.replace("folded into the weights (config)", "the scale folded into the score head"),
-                f"The shift cannot live in this architecture's weights (no bias in the score head or the final norm): "
-                f"it is `{OFFSET_ATTR}` in config.json, which tether adds; plain `AutoModelForSequenceClassification` "
-                "scores are lower by that constant (comparisons between completions are unchanged)."]
-    return [line + ": plain `AutoModelForSequenceClassification` gives the same scores as tether."]
+        return [f"{line}; the scale is folded into the score head.",
+                f"The shift ({stats['shift']:.6g}) cannot live in this architecture's weights (no bias in the score "
+                f"head or the final norm): it is `{OFFSET_ATTR}` in config.json, which tether adds; plain "
+                f"`AutoModelForSequenceClassification` scores are tether's minus that offset (comparisons between "
+                "completions are unchanged)."]
+    return [f"{line}, folded into the weights ({stats['folded_into']}): plain `AutoModelForSequenceClassification` "
+            "gives the same scores as tether on the same token ids."]
 
 
 def score_offset(model: Any) -> float:
