@@ -204,9 +204,23 @@ def _load_file(builder: str, path: Path) -> Any:
         return datasets.load_dataset(builder, data_files=str(path), split="train")
 
 
-def _json_line_numbers(data: bytes) -> list[int]:
-    """1-based numbers of the non-blank lines of a JSON-lines file (the records ``datasets`` reads, in order)."""
-    return [n for n, raw in enumerate(io.BytesIO(data), start=1) if raw.strip(b" \t\r\n\xef\xbb\xbf")]
+def _json_layout(path: Path, compression: str | None) -> list[int] | None:
+    """``[]`` for a JSON array file; else the 1-based numbers of the non-blank lines of a JSON-lines file (the
+    records ``datasets`` reads, in order), streamed, so a large file is never held in memory twice; None when the
+    file cannot be read (tether's own reader then says why)."""
+    try:
+        with _open_binary(path, compression) as f:
+            numbers, start = [], b""
+            for n, raw in enumerate(f, start=1):
+                if raw.strip(b" \t\r\n\xef\xbb\xbf"):
+                    if not numbers and _is_json_array(start + raw):
+                        return []
+                    numbers.append(n)
+                elif not numbers:
+                    start += raw
+            return numbers
+    except Exception:  # a corrupt archive
+        return None
 
 
 def _file_records(path: Path, name: str, check: Callable[[Any], dict]) -> list[tuple[str, dict]]:
@@ -222,27 +236,28 @@ def _file_records(path: Path, name: str, check: Callable[[Any], dict]) -> list[t
             cause = err.__cause__ or err.__context__ or err
             raise DataError(f"{name}: cannot read parquet ({type(cause).__name__}: {_first_line(cause)})") from None
         return _checked(((f"{name} row {i}", row) for i, row in enumerate(ds, start=1)), check)
-    data = _read_bytes(path, name, compression)
     own_rows = _rows_csv if fmt == "csv" else _rows_json
     try:
         ds = _load_file("csv" if fmt == "csv" else "json", path)
     except Exception:  # datasets names no line: tether's own reader below does
         ds = None
     if ds is not None:
+        wheres: list[str] | None = None
         if fmt == "csv":
-            wheres: list[str] | None = [f"{name} row {i}" for i in range(1, len(ds) + 1)]
-        elif _is_json_array(data):
-            wheres = [f"{name} item {i}" for i in range(1, len(ds) + 1)]
+            wheres = [f"{name} row {i}" for i in range(1, len(ds) + 1)]
         else:
-            numbers = _json_line_numbers(data)
-            wheres = [f"{name} line {n}" for n in numbers] if len(numbers) == len(ds) else None
+            numbers = _json_layout(path, compression)
+            if numbers == []:
+                wheres = [f"{name} item {i}" for i in range(1, len(ds) + 1)]
+            elif numbers is not None and len(numbers) == len(ds):
+                wheres = [f"{name} line {n}" for n in numbers]
         if wheres is not None:
             rows = (dict(row) | {"\0csv": True} if fmt == "csv" else row for row in ds)
             try:
                 return _checked(zip(wheres, rows), check)
             except Exception:  # a refused record (or bytes Arrow cannot decode): the file itself names the line
                 pass
-    return _checked(own_rows(data, name), check)
+    return _checked(own_rows(_read_bytes(path, name, compression), name), check)
 
 
 def _checked(rows: Iterable[tuple[str, Any]], check: Callable[[Any], dict]) -> list[tuple[str, dict]]:
