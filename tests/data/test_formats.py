@@ -122,7 +122,7 @@ def test_messages_with_text_parts(tmp_path):
                                '({"type": "text", "text": ...}) are supported')
 
 
-def test_malformed_line_is_named_in_compressed_and_mixed_files(tmp_path):
+def test_malformed_line_is_named_in_compressed_and_mixed_files(tmp_path, capfd):
     """datasets says only "Expected object or value" for a broken JSON line; tether's scan names it (after a blank
     line, in a gzip file). A file that datasets types differently from tether (an int in one row, a string in
     another; rows of different shapes) still reads."""
@@ -132,6 +132,7 @@ def test_malformed_line_is_named_in_compressed_and_mixed_files(tmp_path):
     with pytest.raises(DataError) as info:
         read_records(path, "sft")
     assert str(info.value) == f"{path} line 3: invalid JSON"
+    assert capfd.readouterr().err == ""  # datasets' own error log (with its traceback) is kept quiet
     rows = [{"prompt": "p", "completion": " c", "n": 1}, {"messages": _conv("q", "a"), "n": "two"},
             {"text": "plain text"}]
     got = read_located(_write_jsonl(tmp_path / "mixed.jsonl", rows), "sft")
