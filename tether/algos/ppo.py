@@ -589,10 +589,13 @@ class PPOTrainer:
         are refused."""
         from tether.algos.common import save_model_atomic
         from tether.checkpoint import check_finite
+        from tether.models.card import model_card
 
         check_finite(self._models())
         critic, trunk = self.critic, not self._shared
         out = Path(out_dir)
-        save_model_atomic(self.policy, self.tokenizer, out, extra_files={"tether_config.yaml": dump(self.cfg)},
+        save_model_atomic(self.policy, self.tokenizer, out, extra_files={"tether_config.yaml": dump(self.cfg),
+                                                                         "README.md": model_card("ppo", self.cfg,
+                                                                                                 self.history)},
                           before_swap=(lambda tmp: critic.save(tmp / "critic", trunk)) if critic is not None else None)
         return out
