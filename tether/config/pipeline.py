@@ -96,7 +96,8 @@ DEMO_TARGET: dict[str, Any] = {"judges": ("vader", "textblob", "afinn"), "ppl_ra
 """The demo's evidence bar (``tether.demo.target_met``): PPO beats SFT on every one of these judges with a paired 95 %
 CI excluding 0, and the perplexity of its completions under the SFT reference is at most this multiple of SFT's."""
 DEMO_QUICK: dict[str, Any] = {
-    "n_sft_train": 200, "n_sft_eval": 24, "n_pairs_train": 300, "n_pairs_eval": 100, "n_prompts_train": 64, "n_prompts_eval": 16,
+    "n_sft_train": 200, "n_sft_eval": 24, "n_pairs_train": 300, "n_pairs_eval": 100, "n_prompts_train": 64,
+    "n_prompts_eval": 16,
     "eval_samples": 1,
     "sft": {"max_steps": 4, "warmup_steps": 1},
     "rm": {"max_steps": 8, "warmup_steps": 1},
