@@ -16,7 +16,7 @@ import torch
 from _spies import RolloutSpy, row_scores
 
 from tether import ops
-from tether.algos.ppo import PPOTrainer
+from tether.algos.ppo_trainer import PPOTrainer
 from tether.config.ppo import PPOConfig
 from tether.models.forward import causal_lm_logits
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tether import ops
-from tether.algos.ppo import PPOTrainer
+from tether.algos.ppo_trainer import PPOTrainer
 from tether.config.ppo import PPOConfig
 from tether.models.forward import causal_lm_logits
 from tether.models.load import ensure_pad_token, resize_for_tokenizer

@@ -34,7 +34,7 @@ def cache_dir() -> Path:
 
 def step(message: str) -> None:
     """Print one progress line to stderr (always, TTY or not), above any progress bar being drawn."""
-    from tether.monitor.progress import say
+    from tether.console import say
 
     say(f"[tether] {message}")
 

@@ -80,7 +80,7 @@ def _build(out: Path, bars: bool) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tether.monitor.progress import progress
+    from tether.console import progress
 
     start = time.perf_counter()
     bar = progress(total=5, desc="smollm2 build", enabled=bars, unit="step")

@@ -65,7 +65,7 @@ class ValueModel(nn.Module):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         if trunk:
-            from tether.monitor.progress import library_bars
+            from tether.console import library_bars
 
             with library_bars():  # transformers' "Writing model shards" bar only on a terminal
                 self.trunk.save_pretrained(str(out))

@@ -16,7 +16,6 @@ Every stage (SFT, RM, PPO) uses one :class:`RunDir`. The rules (docs/reliability
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,8 +25,9 @@ import yaml
 from pydantic import BaseModel
 from torch import nn
 
-from tether import checkpoint as ckpt
-from tether.algos.common import recover_model_dir
+from tether.engine import checkpoint as ckpt
+from tether.engine.outputs import recover_model_dir
+from tether.console import note
 from tether.config.base import dump
 from tether.errors import CheckpointError
 
@@ -60,10 +60,6 @@ def config_change(saved: Mapping[str, Any], cfg: BaseModel) -> Optional[str]:
             return (f"{k} was {_short(saved.get(k))}, now {_short(current.get(k))}, and the "
                     f"{current.get('lr_schedule')} learning-rate schedule depends on the run length")
     return None
-
-
-def _say(msg: str) -> None:
-    print(f"tether: {msg}", file=sys.stderr, flush=True)
 
 
 class RunDir:
@@ -177,7 +173,7 @@ class RunDir:
                 found = ckpt.open_checkpoint(path)
             except CheckpointError as err:
                 bad.append(str(err))
-                _say(f"warning: skipping an unusable checkpoint: {err}")
+                note(f"warning: skipping an unusable checkpoint: {err}")
                 continue
             self._check_meta(path, found.meta)
             return found
@@ -214,7 +210,7 @@ class RunDir:
             return None
         for path in ckpt.list_checkpoints(self.root):
             if path.resolve() != found.path.resolve() and (ckpt.step_of(path) or 0) >= found.step:
-                _say(f"warning: discarding {path}, newer than the checkpoint resumed from")
+                note(f"warning: discarding {path}, newer than the checkpoint resumed from")
                 ckpt.discard(path)
         for log in self.logs:
             data = found.read_bytes(log)
@@ -225,7 +221,7 @@ class RunDir:
         if found.path.parent.resolve() == self.root.resolve():
             ckpt.atomic_write_text(self.root / ckpt.LATEST, found.path.name + "\n")
         self.marker.unlink(missing_ok=True)  # the model there (if any) is not the one this run will end with
-        _say(f"resuming from {found.path} ({self.unit} {found.step})")
+        note(f"resuming from {found.path} ({self.unit} {found.step})")
         return found
 
     def check_total(self, total: int) -> None:
