@@ -36,7 +36,7 @@ browser:
 	else echo "make: no chromium and no apt-get; the report's browser test will fail (install Chromium)"; fi
 
 test: venv browser
-	$(PY) -m pytest -q -n 2 --dist loadgroup -p no:cacheprovider $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadgroup -p no:cacheprovider --durations=15 $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs

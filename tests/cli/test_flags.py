@@ -147,7 +147,7 @@ def _help(argv: list[str], capsys, monkeypatch, columns: int) -> str:
 def test_help_grouped_by_section(capsys, monkeypatch):
     out = _help(["ppo"], capsys, monkeypatch, 100)
     titles = [t for t, _ in help_groups(PPOConfig) if t]
-    assert titles[:3] == ["models and data", "run length and batch sizes", "sampling"]
+    assert titles[:4] == ["preset", "models and data", "run length and batch sizes", "sampling"]
     pos = [out.index(f"[{t}]") for t in titles]
     assert pos == sorted(pos)  # the groups in order
     for (title, names), nxt in zip(help_groups(PPOConfig), [*pos[1:], len(out)]):

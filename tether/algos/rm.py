@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,13 +29,12 @@ import torch
 from torch import Tensor, nn
 
 from tether.algos.common import split_eval
-from tether.algos.offline import offline_loop, offline_step
+from tether.algos.offline import offline_step, start_offline_run
 from tether.console import note, progress as progress_bar
-from tether.engine.loop import EpochOrder
-from tether.engine.optim import build_optimizer, build_scheduler, set_seed
+from tether.engine.optim import set_seed
 from tether.engine.outputs import MetricsWriter, save_model_atomic
 from tether.engine.run_dir import read_jsonl, stage_run_dir
-from tether.monitor.logger import STAGE_LOG_FILES, stage_logger
+from tether.monitor.logger import STAGE_LOG_FILES
 from tether.config.base import dump
 from tether.config.rm import RMConfig
 from tether.data.preferences import collate_pairs, encode_for_reward, pad_right, tokenize_pairs
@@ -333,22 +331,9 @@ def train_rm(
         log.warning("%s: %d of %d pairs are longer than max_length=%d tokens and were truncated (%s)",
                     cfg.train_file, cut, len(train_ex), max_length, how)
 
-    # 2. schedule
-    micro_per_epoch = math.ceil(len(train_ex) / cfg.batch_size)
-    total_steps = cfg.num_epochs * math.ceil(micro_per_epoch / cfg.grad_accum)
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    if cfg.warmup_steps >= total_steps:
-        raise ConfigError(f"warmup_steps={cfg.warmup_steps} must be < the {total_steps} optimizer steps of this run")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, cfg.lr, cfg.weight_decay, eps=cfg.adam_eps)
-    scheduler = build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps, total_steps)
-
-    # the run: fresh, or continued from a checkpoint (weights, optimizer, schedule, data order, RNG, logs)
-    order = EpochOrder(len(train_ex), cfg.batch_size, cfg.grad_accum, cfg.num_epochs, cfg.seed)
-    loop = offline_loop(run, cfg, model, optimizer, scheduler, order, total_steps)
-    loop.watch(stage_logger(out_dir, cfg, "rm"))  # TensorBoard, run_info.json; the report once the model is saved
-    groups = order.groups()
+    # 2. schedule and the run: fresh, or continued from a checkpoint
+    r = start_offline_run(run, cfg, model, len(train_ex), "rm")
+    loop, scheduler, total_steps, groups = r.loop, r.scheduler, r.total_steps, r.groups
     model.train()
 
     # 3. optimise: chosen and rejected of each micro-batch in one forward, one optimizer step per group
@@ -372,7 +357,7 @@ def train_rm(
             step_acc += float(stats["accuracy"]) * w
             step_margin += float(stats["margin"]) * w
         lr = scheduler.get_last_lr()[0]
-        norm, stepped = offline_step(loop, optimizer, scheduler, params, cfg.max_grad_norm, finite)
+        norm, stepped = offline_step(r, finite)
         bar_text.update(loss=f"{step_loss:.4f}", acc=f"{step_acc:.2f}")
         last = loop.step == total_steps
         record: dict[str, Any] = {}

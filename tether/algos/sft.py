@@ -12,7 +12,6 @@ The loop, step by step:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tether.algos.common import split_eval
-from tether.algos.offline import offline_loop, offline_step
+from tether.algos.offline import offline_step, start_offline_run
 from tether.console import note, progress as progress_bar
-from tether.engine.loop import EpochOrder
-from tether.engine.optim import build_optimizer, build_scheduler, set_seed
+from tether.engine.optim import set_seed
 from tether.engine.outputs import save_model_atomic
 from tether.engine.run_dir import read_jsonl, stage_run_dir
-from tether.monitor.logger import STAGE_LOG_FILES, stage_logger
+from tether.monitor.logger import STAGE_LOG_FILES
 from tether.config.base import dump
 from tether.config.sft import SFTConfig
 from tether.data.readers import read_records
@@ -199,23 +197,9 @@ def train_sft(
                                    completion_only=completion_only)[0] if eval_records else []
     rows = pack_sft(train_ex, max_length) if cfg.packing else train_ex
 
-    # 2. schedule
-    micro_per_epoch = math.ceil(len(rows) / cfg.batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
-    total_steps = cfg.num_epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    if cfg.warmup_steps >= total_steps:
-        raise ConfigError(f"warmup_steps={cfg.warmup_steps} must be < the {total_steps} optimizer steps of this run")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, cfg.lr, cfg.weight_decay, eps=cfg.adam_eps)
-    scheduler = build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps, total_steps)
-
-    # the run: fresh, or continued from a checkpoint (weights, optimizer, schedule, data order, RNG, logs)
-    order = EpochOrder(len(rows), cfg.batch_size, cfg.grad_accum, cfg.num_epochs, cfg.seed)
-    loop = offline_loop(run, cfg, model, optimizer, scheduler, order, total_steps)
-    loop.watch(stage_logger(out_dir, cfg, "sft"))  # TensorBoard, run_info.json; the report once the model is saved
-    groups = order.groups()
+    # 2. schedule and the run: fresh, or continued from a checkpoint
+    r = start_offline_run(run, cfg, model, len(rows), "sft")
+    loop, scheduler, total_steps, groups = r.loop, r.scheduler, r.total_steps, r.groups
     pad_id = tokenizer.pad_token_id
     model.train()
 
@@ -237,7 +221,7 @@ def train_sft(
             loss.backward()
             step_loss += float(loss.detach())
         lr = scheduler.get_last_lr()[0]
-        norm, stepped = offline_step(loop, optimizer, scheduler, params, cfg.max_grad_norm, finite)
+        norm, stepped = offline_step(r, finite)
         if stepped:
             loop.extra["train_loss"] = step_loss
         bar_loss["loss"] = f"{step_loss:.4f}"

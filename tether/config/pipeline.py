@@ -116,7 +116,8 @@ def _merge(base: dict, top: dict) -> dict:
 class DemoConfig(Section):
     """The offline sentiment demo: SFT SmolLM2-135M on review snippets, a MiniLM reward model on human preference
     pairs (VADER paper ratings), PPO against it, then SFT vs PPO judged by VADER, TextBlob and AFINN. Stage options
-    not given here take the demo's settings (`tether.config.pipeline.DEMO_STAGES`, shown in configs/demo.yaml)."""
+    not given here take the demo's settings (`tether.config.pipeline.DEMO_STAGES`, shown in configs/demo.yaml); with
+    `ppo.preset`, the preset's values replace the demo's PPO settings (yours still win)."""
 
     quick: bool = False
     """Smoke-size run (a few minutes): small data, a few steps per stage. Same as --quick."""
@@ -162,6 +163,7 @@ class DemoConfig(Section):
             data = _merge(DEMO_QUICK, data)
         for stage in ("sft", "rm", "ppo"):
             data[stage] = _merge(DEMO_STAGES[stage], _section(data, stage))
+        _preset_over_demo(data["ppo"], user_ppo)
         if "total_episodes" in user_ppo and "num_updates" not in user_ppo:  # the user's run length wins
             data["ppo"].pop("num_updates", None)
         if "seed" in data:
@@ -191,6 +193,19 @@ class DemoConfig(Section):
     @property
     def data_dir(self) -> Path:
         return Path(self.output_dir) / "data"
+
+
+def _preset_over_demo(ppo: dict, user_ppo: dict) -> None:
+    """With ``ppo.preset``, the preset's values replace the demo's own settings (your values still win): drop the
+    demo's value of every option the preset sets and you did not. An unknown preset is left to ``PPOConfig``."""
+    from tether.config.presets import PRESETS
+
+    name = user_ppo.get("preset")
+    if not isinstance(name, str) or name not in PRESETS:
+        return
+    for key in PRESETS[name].values():
+        if key not in user_ppo:
+            ppo.pop(key, None)
 
 
 def _minilm_dir() -> str:

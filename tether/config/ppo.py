@@ -12,6 +12,9 @@ from pydantic import Field, model_validator
 
 from tether.config.base import OutputDir, ResumeSpec, Section
 from tether.config.monitor import MonitorConfig
+from tether.config.presets import PRESET_NAMES
+
+PresetName = Literal[PRESET_NAMES]  # type: ignore[valid-type]  # the names of tether.config.presets.PRESETS
 
 Estimator = Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
 GROUP = {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"}
@@ -35,6 +38,13 @@ class RewardSpec(Section):
 
 class PPOConfig(Section):
     """PPO (and the critic-free estimators) for a causal LM against one or more rewards."""
+
+    # --- preset ------------------------------------------------------------------------------------
+    preset: Optional[PresetName] = None
+    """Fill every option you do not set yourself with another system's documented defaults: `nplus` (the N+
+    implementation details, Huang et al.), `lmhp` (lm-human-preferences, Ziegler et al.), `trl` (TRL's PPOTrainer),
+    `openrlhf`, `verl_ppo`, `verl_grpo`. Options you set win, wherever you set them; docs/presets.md has each
+    preset's table with the source of every value and what is not mapped."""
 
     # --- models and data -------------------------------------------------------------------------
     policy: Optional[str] = None
@@ -212,7 +222,7 @@ class PPOConfig(Section):
     """Fields that may grow on resume when the learning-rate schedule does not depend on them (`constant`)."""
 
     SECTIONS: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("models and data", "policy"), ("run length and batch sizes", "num_updates"), ("sampling", "response_length"),
+        ("preset", "preset"), ("models and data", "policy"), ("run length and batch sizes", "num_updates"), ("sampling", "response_length"),
         ("optimisation", "lr"), ("PPO objective", "advantage"), ("KL and reward shaping", "kl_coef"),
         ("logging", "sample_every"), ("checkpoints and resume", "resume"))
     """`--help` groups: (title, first field); each group runs to the next one's first field."""
@@ -220,10 +230,13 @@ class PPOConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _shortcuts(cls, data: Any) -> Any:
-        """`reward_model`, `reward_fn`, `total_episodes` → `rewards` entries, `num_updates` (config/shortcuts.py)."""
+        """The preset's values for the options not given (config/presets.py), then `reward_model`, `reward_fn`,
+        `total_episodes` → `rewards` entries, `num_updates` (config/shortcuts.py; `total_episodes` divides by the
+        preset's rollout_batch_size unless you set one)."""
+        from tether.config.presets import expand_preset
         from tether.config.shortcuts import expand_ppo_shortcuts
 
-        return expand_ppo_shortcuts(data)
+        return expand_ppo_shortcuts(expand_preset(data))
 
     @model_validator(mode="after")
     def _cross_field(self) -> "PPOConfig":

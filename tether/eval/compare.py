@@ -1,10 +1,15 @@
 """Compare policies on held-out prompts: independent judges, the trained reward model, KL to the reference, and
-fluency (perplexity of each completion under the frozen reference at T=1), with bootstrap CIs.
+fluency (perplexity of each completion under the frozen reference at T=1), with bootstrap CIs over prompts (and over
+seeds, for a policy given as several runs).
 
 Sampling uses the same pure sampling config as PPO (``tether.rollout.generate``); every policy is sampled with the
 same seed. Per completion: judge scores on the completion text, the RM score of (prompt, completion), the sequence
 KL ``Σ_t log π(y_t) − log π_ref(y_t)`` on the sampled tokens at the sampling temperature, and the reference
 perplexity ``exp(−mean_t log π_ref(y_t))`` at T=1 (empty completions are left out of the perplexity).
+
+Intervals (``tether.eval.stats``): every completion of a prompt moves together, so a resample draws prompts with
+replacement (and, for a policy given as several runs — one per training seed —, runs too); paired differences and
+win rates draw one set of prompts for both policies, so they are paired per prompt.
 """
 
 from __future__ import annotations
@@ -13,21 +18,22 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
+import numpy as np
 import torch
 from pydantic import Field, model_validator
 
 from tether.algos.parts import load_policy
-from tether.config.base import OutputDir, Section
 from tether import console
+from tether.config.base import OutputDir, Section
 from tether.console import library_bars
 from tether.console import progress as progress_bar
 from tether.data.readers import load_prompts
 from tether.engine.optim import derive_seed
 from tether.errors import ConfigError, ModelError
 from tether.eval.judges import get_judge
-from tether.eval.stats import bootstrap_ci, paired_bootstrap_diff, paired_win_rate
+from tether.eval.stats import prompt_bootstrap_ci, prompt_bootstrap_diff, prompt_win_rate
 from tether.models.load import load_tokenizer
 from tether.rewards.reward_model import RewardModelScorer, same_tokenizer
 from tether.rollout.generate import encode_prompts, generate, response_logprobs
@@ -36,9 +42,10 @@ from tether.rollout.generate import encode_prompts, generate, response_logprobs
 class EvalConfig(Section):
     """Sample completions from each policy on held-out prompts and compare them (judges, RM, KL, perplexity)."""
 
-    policies: dict[str, str]
-    """Policies to compare, name: model directory (e.g. {sft: runs/x/sft, ppo: runs/x/ppo/final}); the first is the
-    baseline of the paired differences."""
+    policies: dict[str, Union[str, list[str]]]
+    """Policies to compare, name: model directory (e.g. {sft: runs/x/sft, ppo: runs/x/ppo/final}), or name: a list of
+    directories, one run per training seed ({ppo: [runs/s0/ppo/final, runs/s1/ppo/final]}), whose intervals then
+    resample seeds as well as prompts. The first is the baseline of the paired differences."""
     prompts: str
     """Prompt file (JSONL/CSV/parquet or datasets directory with a `prompt` or `messages` column)."""
     reference: str
@@ -68,6 +75,9 @@ class EvalConfig(Section):
     def _check(self) -> "EvalConfig":
         if not self.policies:
             raise ValueError("policies: give at least one name: directory")
+        for name, dirs in self.policies.items():
+            if isinstance(dirs, list) and not dirs:
+                raise ValueError(f"policies.{name}: an empty list of run directories")
         return self
 
 
@@ -77,11 +87,33 @@ def _load(path: str, progress: bool = True):
     return model.eval(), tok
 
 
-def _ci(values, seed: int) -> dict:
-    if len(values) == 0:
-        return {"mean": None, "lo": None, "hi": None, "n": 0}
-    m, lo, hi = bootstrap_ci(values, seed=seed)
-    return {"mean": m, "lo": lo, "hi": hi, "n": len(values)}
+def run_dirs(dirs: Union[str, list[str]]) -> list[str]:
+    """The run directories of one policy entry: one directory, or a list of them (one per seed)."""
+    return [str(d) for d in dirs] if isinstance(dirs, (list, tuple)) else [str(dirs)]
+
+
+def score_cells(rows: list[dict], metric: str, n_prompts: int, n_samples: int):
+    """``(R, P, K)`` float array of ``metric`` from one policy's rows (run-major, then prompt, then completion, as
+    :func:`evaluate_policies` samples them; ``row["run"]`` is the run index); NaN where a row has no value."""
+    runs = 1 + max(int(r.get("run", 0)) for r in rows)
+    x = np.full((runs, n_prompts, n_samples), np.nan)
+    per_run: dict[int, int] = {}
+    for r in rows:
+        run = int(r.get("run", 0))
+        j = per_run.get(run, 0)
+        per_run[run] = j + 1
+        if r.get(metric) is not None:
+            x[run, j // n_samples, j % n_samples] = float(r[metric])
+    return x
+
+
+def _ci(x, seed: int) -> dict:
+    if np.isnan(x).all():
+        return {"mean": None, "lo": None, "hi": None, "n": 0, "n_prompts": 0, "n_runs": int(x.shape[0])}
+    iv = prompt_bootstrap_ci(x, seed=seed)
+    present = ~np.isnan(x)
+    return {"mean": iv.mean, "lo": iv.lo, "hi": iv.hi, "n": int(present.sum()),
+            "n_prompts": int(present.any(axis=(0, 2)).sum()), "n_runs": int(x.shape[0])}
 
 
 @torch.no_grad()
@@ -113,17 +145,22 @@ def sample_and_score(model, tok, ref, prompts: list[str], *, response_length: in
     return rows
 
 
-def evaluate_policies(policies: dict[str, str], prompts: list[str], judges: list[str], reward_model_path: str | None,
-                      reference_path: str, n_samples: int = 1, temperature: float = 0.7, seed: int = 0, *,
-                      response_length: int = 32, max_prompt_length: int = 128, micro_batch_size: int = 16,
-                      output_dir: str | Path | None = None, progress: bool = True) -> dict:
+def evaluate_policies(policies: dict[str, Union[str, list[str]]], prompts: list[str], judges: list[str],
+                      reward_model_path: str | None, reference_path: str, n_samples: int = 1, temperature: float = 0.7,
+                      seed: int = 0, *, response_length: int = 32, max_prompt_length: int = 128,
+                      micro_batch_size: int = 16, output_dir: str | Path | None = None,
+                      progress: bool = True) -> dict:
     """Sample ``n_samples`` completions per prompt from each policy, score them, and summarise with bootstrap CIs.
 
-    Returns ``{"policies": {name: {metric: {mean, lo, hi, n}}}, "paired": {name: {metric: {mean, lo, hi, n,
-    excludes_0, win_rate: {mean, lo, hi}}}}, "samples": {name: [rows]}, ...}``; paired differences are ``policy −
-    first policy`` per completion slot, and the win rate is the share of slots where the policy scores higher (ties
-    count a half; :func:`tether.eval.stats.paired_win_rate`). With ``output_dir``: writes ``results.json`` and
-    ``samples.jsonl`` there.
+    ``policies``: name → a model directory, or a list of directories (one run per training seed). Returns
+    ``{"policies": {name: {metric: {mean, lo, hi, n, n_prompts, n_runs}}}, "paired": {name: {metric: {mean, lo,
+    hi, n_prompts, n_runs, excludes_0, win_rate: {mean, lo, hi}}}}, "resampled": "prompts" | "runs × prompts",
+    "samples": {name: [rows]}, ...}``. Means pool every completion of every run; their intervals resample prompts
+    (all completions of a prompt together) and a policy's runs (:func:`tether.eval.stats.prompt_bootstrap_ci`).
+    Paired differences are ``policy − first policy``, paired per prompt (one prompt resample for both,
+    :func:`tether.eval.stats.prompt_bootstrap_diff`); the win rate is the chance that the policy's completion of a
+    prompt scores higher than the baseline's (ties ½; :func:`tether.eval.stats.prompt_win_rate`). With
+    ``output_dir``: writes ``results.json`` and ``samples.jsonl`` there.
     """
     if not policies:
         raise ConfigError("policies: give at least one name: directory")
@@ -137,54 +174,63 @@ def evaluate_policies(policies: dict[str, str], prompts: list[str], judges: list
         rm = RewardModelScorer.from_path(reward_model_path) if reward_model_path else None
     texts = [p for p in prompts for _ in range(n_samples)]
     samples: dict[str, list[dict]] = {}
-    bar = progress_bar(total=len(texts) * len(policies), desc="eval", enabled=progress, unit="completion")
-    for name, path in policies.items():
-        model, tok = (ref, ref_tok) if str(path) == str(reference_path) else _load(path, progress)
-        if not same_tokenizer(tok, ref_tok):
-            bar.close()
-            raise ModelError(f"{path}: policy {name!r} does not share the reference's tokenizer ({reference_path})")
-        bar.set_description(f"eval {name}")
-        rows = sample_and_score(model, ref_tok, ref, texts, response_length=response_length, temperature=temperature,
-                                max_prompt_length=max_prompt_length, micro_batch_size=micro_batch_size, seed=seed,
-                                bar=bar)
-        comps = [r["completion"] for r in rows]
-        for jn, fn in judge_fns.items():
-            for r, s in zip(rows, fn(comps)):
-                r[jn] = float(s)
-        if rm is not None:
-            scores = rm([r["prompt"] for r in rows], comps, ended=[r["has_eos"] for r in rows])
-            for r, s in zip(rows, scores.tolist()):
-                r["rm"] = float(s)
-        for r in rows:
-            r["policy"] = name
-        samples[name] = rows
-        if model is not ref:
-            del model
-        if progress:
-            bar.write(f"[eval] {name}: {len(rows)} completions scored", file=sys.stdout)
-            sys.stdout.flush()
+    n_runs = sum(len(run_dirs(d)) for d in policies.values())
+    bar = progress_bar(total=len(texts) * n_runs, desc="eval", enabled=progress, unit="completion")
+    for name, dirs in policies.items():
+        samples[name] = []
+        for run, path in enumerate(run_dirs(dirs)):
+            model, tok = (ref, ref_tok) if str(path) == str(reference_path) else _load(path, progress)
+            if not same_tokenizer(tok, ref_tok):
+                bar.close()
+                raise ModelError(f"{path}: policy {name!r} does not share the reference's tokenizer "
+                                 f"({reference_path})")
+            bar.set_description(f"eval {name}")
+            rows = sample_and_score(model, ref_tok, ref, texts, response_length=response_length,
+                                    temperature=temperature, max_prompt_length=max_prompt_length,
+                                    micro_batch_size=micro_batch_size, seed=seed, bar=bar)
+            comps = [r["completion"] for r in rows]
+            for jn, fn in judge_fns.items():
+                for r, s in zip(rows, fn(comps)):
+                    r[jn] = float(s)
+            if rm is not None:
+                scores = rm([r["prompt"] for r in rows], comps, ended=[r["has_eos"] for r in rows])
+                for r, s in zip(rows, scores.tolist()):
+                    r["rm"] = float(s)
+            for r in rows:
+                r["policy"] = name
+                r["run"] = run
+            samples[name] += rows
+            if model is not ref:
+                del model
+            if progress:
+                bar.write(f"[eval] {name}{f' run {run}' if len(run_dirs(dirs)) > 1 else ''}: {len(rows)} "
+                          "completions scored", file=sys.stdout)
+                sys.stdout.flush()
     bar.close()
 
     metrics = [*judges, *(["rm"] if rm is not None else []), "kl", "ref_ppl", "tokens"]
-    summary = {name: {m: _ci([r[m] for r in rows if r.get(m) is not None], seed) for m in metrics}
-               for name, rows in samples.items()}
+    cells = {name: {m: score_cells(rows, m, len(prompts), n_samples) for m in metrics} for name, rows in
+             samples.items()}
+    summary = {name: {m: _ci(cells[name][m], seed) for m in metrics} for name in samples}
     base = next(iter(policies))
     paired: dict[str, dict] = {}
-    for name, rows in samples.items():
+    for name in samples:
         if name == base:
             continue
         paired[name] = {}
         for m in metrics:
-            idx = [i for i, (a, b) in enumerate(zip(samples[base], rows)) if a.get(m) is not None
-                   and b.get(m) is not None]
-            if idx:
-                a, b = [samples[base][i][m] for i in idx], [rows[i][m] for i in idx]
-                d = paired_bootstrap_diff(a, b, seed=seed)
-                w = paired_win_rate(a, b, seed=seed)
-                paired[name][m] = {"mean": d.mean, "lo": d.lo, "hi": d.hi, "n": len(idx),
-                                   "excludes_0": bool(d.lo > 0 or d.hi < 0),
-                                   "win_rate": {"mean": w.mean, "lo": w.lo, "hi": w.hi}}
-    results = {"baseline": base, "policies": summary, "paired": paired, "metrics": metrics,
+            a, b = cells[base][m], cells[name][m]
+            if np.isnan(a).all() or np.isnan(b).all():
+                continue
+            d = prompt_bootstrap_diff(a, b, seed=seed)
+            w = prompt_win_rate(a, b, seed=seed)
+            both = (~np.isnan(a)).any(axis=(0, 2)) & (~np.isnan(b)).any(axis=(0, 2))
+            paired[name][m] = {"mean": d.mean, "lo": d.lo, "hi": d.hi, "n_prompts": int(both.sum()),
+                               "n_runs": [int(a.shape[0]), int(b.shape[0])],
+                               "excludes_0": bool(d.lo > 0 or d.hi < 0),
+                               "win_rate": {"mean": w.mean, "lo": w.lo, "hi": w.hi}}
+    resampled = "runs × prompts" if any(len(run_dirs(d)) > 1 for d in policies.values()) else "prompts"
+    results = {"baseline": base, "policies": summary, "paired": paired, "metrics": metrics, "resampled": resampled,
                "settings": {"n_prompts": len(prompts), "n_samples": n_samples, "temperature": temperature,
                             "response_length": response_length, "seed": seed, "reference": str(reference_path),
                             "reward_model": reward_model_path, "policies": dict(policies)},
@@ -227,8 +273,10 @@ def format_table(results: dict, n_examples: int = 3) -> str:
     widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*header), fmt.format(*["-" * w for w in widths]), *[fmt.format(*r) for r in lines]]
-    out.append("mean [95% bootstrap CI]; * = paired-difference CI excludes 0; win rate = share of paired completions "
-               "scored higher (ties ½); kl = Σ log π − log π_ref (nats/seq); ref_ppl = perplexity under the reference "
+    over = results.get("resampled", "prompts")
+    out.append(f"mean [95% bootstrap CI, resampling {over}: all completions of a prompt together]; * = the paired "
+               "(per prompt) difference's CI excludes 0; win rate = chance a completion beats the baseline's for the "
+               "same prompt (ties ½); kl = Σ log π − log π_ref (nats/seq); ref_ppl = perplexity under the reference "
                "at T=1")
     for n in names:
         out.append(f"\n{n} samples:")
@@ -241,9 +289,10 @@ def format_table(results: dict, n_examples: int = 3) -> str:
 
 def run_eval(cfg: EvalConfig) -> dict:
     """Evaluate as an ``EvalConfig`` says, print the table, write results.json and samples.jsonl."""
-    for name, path in cfg.policies.items():
-        if not (Path(path) / "config.json").is_file():
-            raise ModelError(f"{path}: policy {name!r} is not a model directory (no config.json)")
+    for name, dirs in cfg.policies.items():
+        for path in run_dirs(dirs):
+            if not (Path(path) / "config.json").is_file():
+                raise ModelError(f"{path}: policy {name!r} is not a model directory (no config.json)")
     if not (Path(cfg.reference) / "config.json").is_file():
         raise ModelError(f"{cfg.reference}: reference is not a model directory (no config.json)")
     prompts = load_prompts(cfg.prompts, load_tokenizer(cfg.reference))  # chat prompts through the policy's template
