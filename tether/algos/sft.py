@@ -43,6 +43,7 @@ from tether.models.load import (
     vocab_check,
 )
 from tether.models.precision import compute_context, master_dtype, master_weights
+from tether.ops.precision import to_compute
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def sft_loss(logits: Tensor, labels: Tensor, loss_mask: Tensor, num_tokens: floa
     mask = loss_mask[:, 1:].bool()
     target = torch.where(mask, labels[:, 1:], torch.zeros_like(labels[:, 1:]))
     lg = logits[:, :-1]
-    lg = lg if lg.dtype == torch.float64 else lg.float()
+    lg = to_compute(lg)
     nll = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), target.reshape(-1), reduction="none").view_as(target)
     total = torch.where(mask, nll, torch.zeros_like(nll)).sum()
     n = mask.sum() if num_tokens is None else num_tokens

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from tether.models.forward import position_ids_from_mask
 from tether.models.load import disable_dropout
+from tether.ops.precision import to_compute
 
 
 class ValueModel(nn.Module):
@@ -31,7 +32,7 @@ class ValueModel(nn.Module):
     def values_from_hidden(self, hidden: Tensor) -> Tensor:
         """The head on a last hidden state computed elsewhere (a trunk shared with the policy). (B, L, d) → (B, L)."""
         out = self.head(hidden).squeeze(-1)
-        return out if out.dtype == torch.float64 else out.float()
+        return to_compute(out)
 
     @classmethod
     def from_pretrained_model(cls, model: nn.Module) -> "ValueModel":
