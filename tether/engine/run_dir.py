@@ -25,10 +25,13 @@ import yaml
 from pydantic import BaseModel
 from torch import nn
 
+from tether.config.base import dump
+from tether.config.ppo import PPOConfig
+from tether.config.rm import RMConfig
+from tether.config.sft import SFTConfig
+from tether.console import note
 from tether.engine import checkpoint as ckpt
 from tether.engine.outputs import recover_model_dir
-from tether.console import note
-from tether.config.base import dump
 from tether.errors import CheckpointError
 
 CHECKPOINTS = "checkpoints"
@@ -271,10 +274,6 @@ MARKER = "tether_config.yaml"
 def stage_run_dir(cfg: BaseModel, *, restart: bool = False) -> RunDir:
     """The :class:`RunDir` of an SFT, RM or PPO config, with that stage's layout: SFT and RM save their model in
     ``output_dir`` itself, PPO in ``output_dir/final``; PPO's checkpoints also carry ``samples.jsonl``."""
-    from tether.config.ppo import PPOConfig
-    from tether.config.rm import RMConfig
-    from tether.config.sft import SFTConfig
-
     out = Path(cfg.output_dir)
     if isinstance(cfg, PPOConfig):
         return RunDir(out, cfg, stage="ppo", unit="update", marker=out / "final" / MARKER,

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from tether.console import library_bars
 from tether.models.forward import position_ids_from_mask
 from tether.models.load import disable_dropout
 from tether.ops.precision import to_compute
@@ -66,8 +67,6 @@ class ValueModel(nn.Module):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         if trunk:
-            from tether.console import library_bars
-
             with library_bars():  # transformers' "Writing model shards" bar only on a terminal
                 self.trunk.save_pretrained(str(out))
         save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(out / "value_head.safetensors"))

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +27,10 @@ from typing import Any, Optional
 
 from tether.config.monitor import AlarmConfig, MonitorConfig
 from tether.console import warn
-from tether.monitor.alarms import Alarm, AlarmChecker
+from tether.errors import ConfigError
+from tether.monitor.alarms import Alarm, AlarmChecker, AlarmError, check_all, text_stats
+from tether.monitor.report import write_report
+from tether.monitor.run_files import library_versions, write_bytes_atomic, write_text_atomic
 
 
 @dataclass
@@ -41,51 +41,6 @@ class UpdateResult:
     metrics: dict[str, float] = field(default_factory=dict)
     alarms: list[Alarm] = field(default_factory=list)
     new: list[Alarm] = field(default_factory=list)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place (mode as for a new file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) atomically, as :func:`write_bytes_atomic`."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python, the platform and the libraries a run depends on (those installed)."""
-    from importlib import metadata
-
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("tether", "torch", "transformers", "accelerate", "safetensors", "pydantic", "numpy", "tqdm",
-                 "matplotlib", "tensorboard", "wandb"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            out["device"] = torch.cuda.get_device_name(0)
-        out["torch_threads"] = str(torch.get_num_threads())
-    except Exception:  # pragma: no cover - torch is a dependency
-        pass
-    return out
 
 
 def sample_table_markdown(rows: Sequence[Mapping[str, Any]], max_chars: int = 300) -> str:
@@ -163,8 +118,6 @@ class RunLogger:
 
     @staticmethod
     def _wandb_module():
-        from tether.errors import ConfigError
-
         try:
             import wandb
         except ImportError:
@@ -193,8 +146,6 @@ class RunLogger:
             completions = [str(r.get("completion", "")) for r in samples]
         extra: dict[str, Any] = {}
         if completions is not None:
-            from tether.monitor.alarms import text_stats
-
             extra = text_stats(list(completions), self.cfg.alarms.ngram)
         record = {**metrics, **extra}
         self.last = record
@@ -227,8 +178,6 @@ class RunLogger:
             if self.tb is not None:
                 self.tb.add_text("alarms", "\n\n".join(a.message for a in new), step)
         if alarms and self.cfg.alarms.fatal:
-            from tether.monitor.alarms import AlarmError
-
             self.close(report=True)
             raise AlarmError(f"stopped by an alarm (monitor.alarms.fatal=true): {alarms[0].message}")
         numeric_extra = {k: v for k, v in extra.items() if isinstance(v, (int, float))}
@@ -241,8 +190,6 @@ class RunLogger:
             self.checker.observe(r)
             self.calls += 1
         if self.checker.cfg.enabled and self.checker.history:
-            from tether.monitor.alarms import check_all
-
             now = check_all(self.checker.history, self.checker.cfg, self.checker.critic_warmup_updates,
                             self.checker.autocast)
             self.checker.active = {(a.name, a.metric) for a in now}
@@ -277,8 +224,6 @@ class RunLogger:
         if not (self.cfg.report if report is None else report):
             return None
         try:
-            from tether.monitor.report import write_report
-
             return write_report([self.run_dir], self.run_dir / "report.html")
         except ImportError as err:
             warn(f"report not written ({err}); pip install 'tether[report]'")
