@@ -1,12 +1,8 @@
-"""Helpers the offline stages (SFT, RM) share: the held-out split and the gradient norm."""
+"""What the offline stages (SFT, RM) share in their data: the held-out split."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
-
-import torch
-from torch import nn
 
 
 def split_eval(records: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -20,9 +16,3 @@ def split_eval(records: list, fraction: float, seed: int) -> tuple[list, list]:
     random.Random(seed).shuffle(order)
     held = set(order[:k])
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
-
-
-def grad_norm(params: Iterable[nn.Parameter]) -> float:
-    """Global L2 norm of the gradients (0.0 when none)."""
-    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
