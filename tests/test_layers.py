@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "tether"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("tether.errors", "tether.console", "tether.records"),                   # 0 base: errors, messages, records
+    ("tether.errors", "tether.console", "tether.records", "tether.hub"),     # 0 base: errors, messages, records, hub cache
     ("tether.ops", "tether.config", "tether.assets"),                         # 1 pure math, typed config, assets
     ("tether.engine", "tether.data", "tether.models"),                        # 2 run-keeping, data, models
     ("tether.rollout", "tether.rewards", "tether.eval.judges"),               # 3 sampling and scoring

@@ -134,15 +134,12 @@ RUNNERS: dict[str, Callable[[Any], int]] = {
 
 def _require_dir(path: Optional[str], what: str) -> None:
     """Fail early (before any output is written) when a required model directory is missing."""
-    from tether.errors import ConfigError, ModelError
+    from tether.errors import ConfigError
+    from tether.models.load import resolve_model
 
     if path is None:
         raise ConfigError(f"{what}: required (a save_pretrained model directory)")
-    p = Path(path)
-    if not p.is_dir():
-        raise ModelError(f"{p}: {what} directory not found")
-    if not (p / "config.json").is_file():
-        raise ModelError(f"{p}: not a save_pretrained {what} directory (no config.json)")
+    resolve_model(path, what)  # a directory, or a Hub name in the local cache; safetensors weights
 
 
 # ---------------------------------------------------------------------------------------------- parser

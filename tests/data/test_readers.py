@@ -51,8 +51,9 @@ BAD_TEXT_FILES = [
     ("utf.jsonl", _jsonl(_ok_sft(1), _ok_sft(2)).encode() + b'{"prompt": "\xff\xfe", "completion": "c"}\n', "sft", {},
      "utf.jsonl line 3: not valid UTF-8"),
     ("empty.jsonl", "\n\n", "sft", {}, "empty.jsonl: no records"),
-    ("notes.txt", "hello", "sft", {}, "notes.txt: unsupported data file type '.txt'; use .jsonl, .json, .csv, "
-     ".parquet or a datasets directory (save_to_disk)"),
+    ("notes.txt", "hello", "sft", {}, "notes.txt: unsupported data file type '.txt'; use .jsonl, .json, .csv or "
+     ".parquet (also .gz/.zst compressed), a glob, a directory of such files, a datasets save_to_disk directory or a "
+     "cached Hub dataset name"),
     ("pairs.csv", "prompt,chosen,rejected\np1,c1,r1\np2,c2,r2\np3,c3\n", "preference", {},
      "pairs.csv row 3: missing column 'rejected'"),
     ("hdr.csv", "prompt,chosen\np1,c1\n", "preference", {}, "hdr.csv row 1: missing column 'rejected'"),
@@ -98,7 +99,8 @@ def test_missing_file_and_plain_directory(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"^nope\.jsonl: file not found$"):
         read_records("nope.jsonl", "sft")
     Path("somedir").mkdir()
-    with pytest.raises(DataError, match=r"^somedir: a directory, but not a datasets save_to_disk directory$"):
+    with pytest.raises(DataError, match=r"^somedir: a directory with no data files \(.jsonl, .json, .csv, .parquet\) "
+                                        r"and not a datasets save_to_disk directory$"):
         read_records("somedir", "sft")
 
 

@@ -24,6 +24,7 @@ from tether.engine.run_dir import stage_run_dir
 from tether.errors import ConfigError
 from tether.eval.heldout import ppo_heldout
 from tether.monitor.hooks import ppo_monitor, preflight
+from tether.models.card import model_card
 from tether.monitor.logger import RunLogger
 
 
@@ -170,6 +171,7 @@ class PPOTrainer:
         check_finite(self.state.models())
         critic, trunk = self.state.critic, not self.state.shared
         out = Path(out_dir)
-        save_model_atomic(self.policy, self.tokenizer, out, extra_files={"tether_config.yaml": dump(self.cfg)},
+        files = {"tether_config.yaml": dump(self.cfg), "README.md": model_card("ppo", self.cfg, self.history)}
+        save_model_atomic(self.policy, self.tokenizer, out, extra_files=files,
                           before_swap=(lambda tmp: critic.save(tmp / "critic", trunk)) if critic is not None else None)
         return out

@@ -38,18 +38,27 @@ from tether.monitor.logger import STAGE_LOG_FILES
 from tether.config.base import dump
 from tether.config.rm import RMConfig
 from tether.data.preferences import collate_pairs, encode_for_reward, pad_right, tokenize_pairs
-from tether.data.readers import read_records
+from tether.data.readers import adopt_chat_template, read_records
 from tether.errors import ConfigError, DataError, ModelError
 from tether.models.load import (
     disable_dropout,
     ensure_pad_token,
     init_score_head,
     load_tokenizer,
+    resolve_model,
     resize_for_tokenizer,
     vocab_check,
 )
+from tether.models.card import model_card
 from tether.models.precision import compute_context, master_dtype, master_weights
-from tether.models.scalar import fold_score_affine, is_decoder_scorer, reward_input_style, score_head, sequence_scores
+from tether.models.scalar import (
+    card_notes,
+    fold_score_affine,
+    is_decoder_scorer,
+    reward_input_style,
+    score_head,
+    sequence_scores,
+)
 from tether.ops.losses import bradley_terry_loss
 
 log = logging.getLogger(__name__)
@@ -89,10 +98,7 @@ def load_reward_backbone(path: str | Path, dtype: torch.dtype = torch.float32,
     """
     from transformers import AutoModelForSequenceClassification
 
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise ModelError(f"{p}: not a save_pretrained model directory (no config.json)" if p.is_dir()
-                         else f"{p}: model directory not found")
+    p = resolve_model(path, "reward model backbone")  # a directory or a cached Hub name; safetensors weights
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             str(p), num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
@@ -319,6 +325,7 @@ def train_rm(
     else:
         train_records, eval_records = split_eval(all_train, cfg.eval_fraction, cfg.seed)
     pad_id = tokenizer.pad_token_id
+    adopt_chat_template(tokenizer, all_train)  # chat pairs, no template: save the one the scores were trained on
 
     def tok(records: list[dict]) -> list[dict]:
         return tokenize_pairs(records, tokenizer, style=style, max_length=max_length,
@@ -407,7 +414,8 @@ def train_rm(
         "eval": None if ev is None else {k: ev[k] for k in ("accuracy", "loss", "n", "group_accuracy", "group_n")},
     }
     save_model_atomic(model, tokenizer, out_dir,
-                      extra_files={"tether_config.yaml": dump(cfg), "tether_rm.json": summary},
+                      extra_files={"tether_config.yaml": dump(cfg), "tether_rm.json": summary,
+                                   "README.md": model_card("rm", cfg, summary["eval"], notes=card_notes(stats))},
                       keep=("metrics.jsonl", "checkpoints", *STAGE_LOG_FILES))
     loop.monitor.close()
     return RMResult(

@@ -30,9 +30,10 @@ from tether.engine.run_dir import read_jsonl, stage_run_dir
 from tether.monitor.logger import STAGE_LOG_FILES
 from tether.config.base import dump
 from tether.config.sft import SFTConfig
-from tether.data.readers import read_records
+from tether.data.readers import adopt_chat_template, read_records
 from tether.data.sft import collate_sft, pack_sft, tokenize_sft_records
 from tether.errors import ConfigError, DataError
+from tether.models.card import model_card
 from tether.models.forward import causal_lm_logits
 from tether.models.load import (
     disable_dropout,
@@ -186,6 +187,7 @@ def train_sft(
 
     # 1. data: validate, split, tokenise (prompt tokens masked, one EOS), pack
     train_records, eval_records = _eval_records(cfg, read_records(cfg.train_file, "sft"))
+    adopt_chat_template(tokenizer, train_records + eval_records)  # chat data, no template: save the one used
     completion_only = cfg.completion_only_loss
     train_ex, counts = tokenize_sft_records(train_records, tokenizer, max_length=max_length,
                                             completion_only=completion_only)
@@ -245,7 +247,8 @@ def train_sft(
     model.eval()
 
     # 4. save
-    save_model_atomic(model, tokenizer, out_dir, extra_files={"tether_config.yaml": dump(cfg)},
+    save_model_atomic(model, tokenizer, out_dir, extra_files={"tether_config.yaml": dump(cfg),
+                                                              "README.md": model_card("sft", cfg, loop.history)},
                       keep=("metrics.jsonl", "checkpoints", *STAGE_LOG_FILES))
     loop.monitor.close()
     return SFTResult(output_dir=out_dir, eval_loss=loop.extra.get("eval_loss"),

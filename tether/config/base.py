@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationError, WrapValidator
 
 from tether.errors import ConfigError
 
@@ -62,6 +62,34 @@ def _output_dir(value: str) -> str:
 OutputDir = Annotated[str, AfterValidator(_output_dir)]
 """The type of every ``output_dir`` option: a directory path, refused when it (or the nearest existing parent) is a
 file, so a run fails before it starts rather than when it first writes."""
+
+
+def _is_dataset(value: Any) -> bool:
+    """A ``datasets.Dataset`` (checked by name, so the config layer never imports ``datasets``)."""
+    return any(k.__name__ == "Dataset" and k.__module__.startswith("datasets") for k in type(value).__mro__)
+
+
+def _data_source(value: Any, handler: Callable[[Any], str]) -> Any:
+    if _is_dataset(value):
+        return value
+    if isinstance(value, Path):
+        value = str(value)
+    out = handler(value)
+    if not out.strip():
+        raise ValueError("must be a data file, glob, directory or Hub dataset name")
+    return out
+
+
+def _data_source_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return f"<datasets.Dataset {getattr(value, '_fingerprint', '?')}, {len(value)} rows>"
+
+
+DataSource = Annotated[str, WrapValidator(_data_source), PlainSerializer(_data_source_text)]
+"""The type of every data-file option: a path, glob, directory or cached Hub dataset name (read by
+:func:`tether.data.readers.read_records`), or — from Python — a ``datasets.Dataset`` object, written to
+``tether_config.yaml`` as its fingerprint and length."""
 
 
 def format_validation_error(err: ValidationError, prefix: str = "", cls: type[BaseModel] | None = None,
@@ -238,6 +266,8 @@ def _deepcopy(d: dict[str, Any]) -> dict[str, Any]:
 
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
+    if origin is Annotated:  # a validated type (DataSource): named by its base type
+        return _type_name(typing.get_args(annotation)[0])
     if origin is typing.Literal:
         return "{" + ",".join(str(a) for a in typing.get_args(annotation)) + "}"
     if origin in (typing.Union, types.UnionType):

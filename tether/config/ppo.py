@@ -48,7 +48,8 @@ class PPOConfig(Section):
 
     # --- models and data -------------------------------------------------------------------------
     policy: Optional[str] = None
-    """Directory of the policy (a `save_pretrained` causal LM with its tokenizer). Required on the command line."""
+    """Directory of the policy (a `save_pretrained` causal LM with its tokenizer), or a Hub name in the local cache.
+    Required on the command line."""
     reference: Optional[str] = None
     """Directory of the frozen reference policy; default: a frozen copy of the initial policy."""
     critic: Optional[str] = None
@@ -60,7 +61,8 @@ class PPOConfig(Section):
     rewards: list[RewardSpec] = Field(default_factory=list)
     """Reward sources, combined as a weighted sum of their (optionally normalised) scores."""
     prompts: Optional[str] = None
-    """Prompt file: JSONL/CSV/parquet or a `datasets` directory with a `prompt` or chat `messages` column."""
+    """Prompts with a `prompt` or chat `messages` column: a JSONL/JSON/CSV/parquet file (also .gz/.zst), a glob, a
+    directory of shards, a `datasets` directory or a cached Hub dataset name (docs/data.md)."""
     output_dir: OutputDir = "runs/ppo"
     """Where metrics.jsonl, samples and the final model (`final/`) are written."""
     trust_remote_code: bool = False

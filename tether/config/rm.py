@@ -9,7 +9,7 @@ from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from tether.config.base import OutputDir, StepRun
+from tether.config.base import DataSource, OutputDir, StepRun
 
 
 class RMConfig(StepRun):
@@ -17,15 +17,17 @@ class RMConfig(StepRun):
 
     # --- model and data --------------------------------------------------------------------------
     model: Optional[str] = None
-    """Backbone directory: an SFT causal LM (its head is read at the EOS) or an encoder such as BERT/MiniLM (pooled
-    [CLS]); a directory that is already a reward model continues from its head. Required unless a model object is
-    passed to `train_rm`."""
+    """Backbone directory (or a Hub name in the local cache): an SFT causal LM (its head is read at the EOS) or an
+    encoder such as BERT/MiniLM (pooled [CLS]); a directory that is already a reward model continues from its head.
+    Required unless a model object is passed to `train_rm`."""
     output_dir: OutputDir = "runs/rm"
     """Where the reward model (safetensors + tokenizer + tether_config.yaml + tether_rm.json) and metrics.jsonl go."""
-    train_file: str
-    """Preference pairs: JSONL/JSON/CSV/parquet or a `datasets` directory with `prompt`, `chosen`, `rejected` (strings,
-    or chat message lists)."""
-    eval_file: Optional[str] = None
+    train_file: DataSource
+    """Preference pairs (docs/data.md): a JSONL/JSON/CSV/parquet file (also .gz/.zst), a glob, a directory of shards, a
+    `datasets` save_to_disk directory, a cached Hub dataset name, or a `datasets.Dataset` from Python; with `prompt`,
+    `chosen`, `rejected` (strings, or chat message lists), or `chosen`/`rejected` alone (the prompt is their shared
+    start)."""
+    eval_file: Optional[DataSource] = None
     """Held-out pairs in the same format; default: `eval_fraction` of the training pairs, drawn with `seed`."""
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     """Share of the training pairs held out for accuracy when there is no `eval_file` (0: no evaluation)."""
@@ -53,7 +55,7 @@ class RMConfig(StepRun):
     """After training, map scores so the reference completions have mean 0 (`shift`), or mean 0 and std 1
     (`shift_scale`). The map is folded into the model's weights (pair accuracy is unchanged) and the statistics are
     written to tether_rm.json (ppo_details.md C5)."""
-    normalize_file: Optional[str] = None
+    normalize_file: Optional[DataSource] = None
     """Reference completions for the normalisation: a file of `prompt` + `completion` records or of preference pairs
     (their `chosen`). Default: the chosen completions of the training pairs."""
 

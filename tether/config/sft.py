@@ -10,7 +10,7 @@ from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from tether.config.base import OutputDir, StepRun
+from tether.config.base import DataSource, OutputDir, StepRun
 
 
 class SFTConfig(StepRun):
@@ -18,14 +18,15 @@ class SFTConfig(StepRun):
 
     # --- model and data --------------------------------------------------------------------------
     model: Optional[str] = None
-    """Directory of the causal LM to fine-tune (`save_pretrained` format, with its tokenizer). Required unless a
-    model object is passed to `train_sft`."""
+    """Directory of the causal LM to fine-tune (`save_pretrained` format, with its tokenizer), or a Hub name `org/name`
+    in the local cache (docs/data.md). Required unless a model object is passed to `train_sft`."""
     output_dir: OutputDir = "runs/sft"
     """Where the fine-tuned model (safetensors + tokenizer + tether_config.yaml) and metrics.jsonl are written."""
-    train_file: str
-    """Training data: JSONL/JSON/CSV/parquet or a `datasets` directory with `prompt` + `completion`, chat `messages`
-    (rendered with the tokenizer's chat template when it has one), or `text` columns."""
-    eval_file: Optional[str] = None
+    train_file: DataSource
+    """Training data (docs/data.md): a JSONL/JSON/CSV/parquet file (also .gz/.zst), a glob, a directory of shards, a
+    `datasets` save_to_disk directory, a cached Hub dataset name, or a `datasets.Dataset` from Python; with `prompt`
+    + `completion`, chat `messages` (rendered with the tokenizer's chat template when it has one), or `text`."""
+    eval_file: Optional[DataSource] = None
     """Held-out data in the same format; default: `eval_fraction` of the training records, drawn with `seed`."""
     eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     """Share of the training records held out for the evaluation loss when there is no `eval_file` (0: no eval)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -14,13 +15,50 @@ from tether.console import library_bars
 PAD_TOKEN = "<|pad|>"
 
 
-def _check_dir(path: str | Path, what: str) -> Path:
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _pickle_only(p: Path) -> list[str]:
+    """Names of pickle weight files in a directory that has no safetensors weights (empty otherwise)."""
+    if any(p.glob("*.safetensors")):
+        return []
+    return sorted(f.name for f in p.iterdir() if f.suffix in (".bin", ".pt", ".pth") and f.is_file()
+                  and ("model" in f.name or f.name.startswith("pytorch")))
+
+
+def resolve_model(path: str | Path, what: str = "model") -> Path:
+    """The local directory of a model: ``path`` itself, or — for a Hub name ``org/name`` that is not a directory here
+    — its snapshot in the local Hugging Face cache (``HF_HUB_CACHE``; never downloaded, so ``HF_HUB_OFFLINE`` holds
+    whatever its value). One-line ``ModelError`` when it is missing (with the download command for a Hub name), is
+    not a ``save_pretrained`` directory, or holds only pickle weights (``.bin``: tether loads safetensors only, and
+    the message says how to convert)."""
     p = Path(path)
+    if not p.exists() and _REPO_ID.match(str(path)) and not p.parent.exists():  # not a mistyped local path
+        from tether.hub import cached_snapshot, download_command, hub_cache_dir
+
+        snap = cached_snapshot(str(path), "model")
+        if snap is None:
+            raise ModelError(f"{path}: no such {what} directory, and no model of that name in the local Hugging Face "
+                             f"cache ({hub_cache_dir()}); download it first: {download_command(str(path))}")
+        p = snap
     if not p.exists():
         raise ModelError(f"{p}: {what} directory not found")
-    if not (p / "config.json").is_file() and what != "tokenizer":
+    if what == "tokenizer":
+        return p
+    if not (p / "config.json").is_file():
         raise ModelError(f"{p}: not a save_pretrained {what} directory (no config.json)")
+    pickles = _pickle_only(p)
+    if pickles:
+        loader = ("AutoModelForSequenceClassification" if "reward" in what or what.startswith("rm")
+                  else "AutoModelForCausalLM")
+        raise ModelError(f"{path}: only pickle weights ({pickles[0]}), which tether does not load; convert them to "
+                         f"safetensors once: python -c \"from transformers import {loader} as M; "
+                         f"M.from_pretrained('{p}').save_pretrained('{p}-safetensors')\" and use that directory")
     return p
+
+
+def _check_dir(path: str | Path, what: str) -> Path:
+    return resolve_model(path, what)
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):

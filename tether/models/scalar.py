@@ -14,12 +14,16 @@ ppo_details.md C5) with no loading code needed afterwards.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from tether.models.forward import position_ids_from_mask
+
+log = logging.getLogger(__name__)
 
 #: Config attribute holding a score offset for decoder models whose weights cannot absorb it (no bias in the head
 #: nor in the final norm, e.g. Llama). ``sequence_scores`` adds it; a plain Hugging Face forward does not.
@@ -177,7 +181,30 @@ def fold_score_affine(model: nn.Module, scale: float = 1.0, shift: float = 0.0) 
     new_offset = score_offset(model) + shift
     if new_offset or hasattr(model.config, OFFSET_ATTR):
         setattr(model.config, OFFSET_ATTR, new_offset)
+    if new_offset:
+        log.warning("reward model: %s has no bias in its score head or final norm, so the score offset %.6g is kept "
+                    "in config.json (%s), which tether adds; plain transformers scores are tether's minus %.6g "
+                    "(comparisons between completions are unchanged)", type(model).__name__, new_offset, OFFSET_ATTR,
+                    new_offset)
     return "config"
+
+
+def card_notes(stats: Mapping[str, Any] | None) -> list[str]:
+    """Model-card lines saying where a reward model's normalisation lives (the ``normalize_reward_model`` statistics;
+    None or empty: not normalised)."""
+    if not stats:
+        return ["The scores are not normalised (`normalize: none`)."]
+    how = "s − μ" if stats.get("mode") == "shift" else "(s − μ)/σ"
+    line = (f"Scores are normalised as {how} with μ = {stats['mean']:.6g}, σ = {stats['std']:.6g} over "
+            f"{stats['n']} reference completions")
+    if stats.get("folded_into") == "config":
+        return [f"{line}; the scale is folded into the score head.",
+                f"The shift ({stats['shift']:.6g}) cannot live in this architecture's weights (no bias in the score "
+                f"head or the final norm): it is `{OFFSET_ATTR}` in config.json, which tether adds; plain "
+                f"`AutoModelForSequenceClassification` scores are tether's minus that offset (comparisons between "
+                "completions are unchanged)."]
+    return [f"{line}, folded into the weights ({stats['folded_into']}): plain `AutoModelForSequenceClassification` "
+            "gives the same scores as tether on the same token ids."]
 
 
 def score_offset(model: Any) -> float:
