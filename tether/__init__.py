@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "PPOConfig": "tether.config.ppo",
     "RewardSpec": "tether.config.ppo",
-    "PPOTrainer": "tether.algos.ppo",
+    "PPOTrainer": "tether.algos.ppo_trainer",
     "SFTConfig": "tether.config.sft",
     "RMConfig": "tether.config.rm",
     "train_sft": "tether.algos.sft",

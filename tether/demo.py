@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from tether.config.pipeline import DemoConfig
-from tether.pipeline import run_pipeline, say
+from tether import console
+from tether.pipeline import run_pipeline
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -31,7 +32,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.output_dir)
 
     t0 = time.perf_counter()
-    say("[assets] SmolLM2-135M-Instruct, all-MiniLM-L6-v2, VADER human ratings")
+    console.out("[assets] SmolLM2-135M-Instruct, all-MiniLM-L6-v2, VADER human ratings")
     smollm2_path()
     minilm_path()
     paths = prepare_demo_data(
@@ -41,14 +42,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
     counts = json.loads(Path(paths["stats"]).read_text())["counts"]
     walls["assets+data"] = time.perf_counter() - t0
-    say(f"[data] {', '.join(f'{k} {v}' for k, v in counts.items())} -> {cfg.data_dir}")
+    console.out(f"[data] {', '.join(f'{k} {v}' for k, v in counts.items())} -> {cfg.data_dir}")
 
     stages = run_pipeline(cfg)
     for k in ("sft", "rm", "ppo"):
         walls[k] = stages[k]["wall_s"]
 
     t0 = time.perf_counter()
-    say(f"[eval] SFT vs PPO on {counts['prompts_eval']} held-out prompts × {cfg.eval_samples}")
+    console.out(f"[eval] SFT vs PPO on {counts['prompts_eval']} held-out prompts × {cfg.eval_samples}")
     prompts = [json.loads(line)["prompt"] for line in Path(paths["prompts_eval"]).read_text().splitlines() if line]
     ppo_final = str(Path(cfg.ppo.output_dir) / "final")
     results = evaluate_policies(
@@ -58,19 +59,20 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
     walls["eval"] = time.perf_counter() - t0
     walls["total"] = time.perf_counter() - t_all
-    print(format_table(results), flush=True)
+    console.out(format_table(results))
 
     target = target_met(results)
     from tether.config.pipeline import DEMO_TARGET
 
-    say(f"[demo] target (PPO > SFT on {', '.join(DEMO_TARGET['judges'])}, paired CIs excluding 0, ref perplexity "
-        f"within +{DEMO_TARGET['ppl_ratio_max'] - 1:.0%}): {'met' if target['met'] else 'not met'} — {target['why']}")
-    say("[demo] wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in walls.items()))
+    met = "met" if target["met"] else "not met"
+    console.out(f"[demo] target (PPO > SFT on {', '.join(DEMO_TARGET['judges'])}, paired CIs excluding 0, ref "
+                f"perplexity within +{DEMO_TARGET['ppl_ratio_max'] - 1:.0%}): {met} — {target['why']}")
+    console.out("[demo] wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in walls.items()))
     summary = {"wall_s": walls, "stages": stages, "target": target, "data": counts,
                "results": {k: v for k, v in results.items() if k != "samples"}}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     _write_report(out)
-    say(f"[demo] saved under {out}")
+    console.out(f"[demo] saved under {out}")
     return {"stages": stages, "eval": results, "wall_s": walls, "target": target}
 
 
@@ -79,9 +81,9 @@ def _write_report(out: Path) -> None:
     try:
         from tether.monitor.report import write_report
 
-        say(f"[demo] report: {write_report([out], out / 'report.html')}")
+        console.out(f"[demo] report: {write_report([out], out / 'report.html')}")
     except (ImportError, OSError, ValueError) as err:
-        say(f"[demo] report not written: {err}")
+        console.out(f"[demo] report not written: {err}")
 
 
 def target_met(results: dict) -> dict:

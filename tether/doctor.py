@@ -38,7 +38,19 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from tether.algos.parts import load_rewards, open_policy
+from tether.config.ppo import PPOConfig
+from tether.data.preferences import encode_for_reward, encode_for_reward_model
+from tether.data.prompts import prompt_ids
+from tether.data.readers import read_prompts, render_chat
+from tether.data.sft import tokenize_sft
+from tether.errors import TetherError
 from tether.models.forward import causal_lm_logits
+from tether.models.load import ensure_pad_token, resize_for_tokenizer
+from tether.models.scalar import is_decoder_scorer, score_offset, sequence_scores
+from tether.rollout.generate import encode_prompts, generate, response_logprobs
+from tether.rewards.reward_model import RewardModelScorer
+from tether.rollout.score import reference_logprobs
 
 FAST_CHECKS = ("pad_token", "chat_template", "prompt_encoding", "padding", "reward_last_token", "memory")
 ALL_CHECKS = ("pad_token", "chat_template", "prompt_encoding", "padding", "reward_last_token", "zero_update",
@@ -75,8 +87,6 @@ def _result(name: str, ok: bool, detail: str, fix: str) -> CheckResult:
 
 
 def _first_ids(tokenizer: Any, texts: Sequence[str], max_tokens: int = 24) -> list[list[int]]:
-    from tether.data.prompts import prompt_ids
-
     rows = []
     for t in texts:
         ids = prompt_ids(tokenizer, t, max_tokens)
@@ -142,11 +152,6 @@ def check_prompt_encoding(tokenizer: Any, prompts: Sequence[Any], completion: st
     (:func:`tether.data.sft.tokenize_sft`) and in a same-tokenizer reward model's input
     (:func:`tether.data.preferences.encode_for_reward`): with a BOS-adding tokenizer, a BOS dropped or doubled on one
     path means the policy and reward model are fed prompts they were never trained on."""
-    from tether.data.preferences import encode_for_reward
-    from tether.data.readers import render_chat
-    from tether.data.sft import tokenize_sft
-    from tether.rollout.generate import encode_prompts
-
     bad: list[str] = []
     checked = 0
     for raw in list(prompts)[:4]:
@@ -214,8 +219,6 @@ def check_padding(model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, p
 
 def _reference_decoder_score(model: nn.Module, ids: Tensor) -> Optional[float]:
     """The score read directly at the last token of one unpadded row (decoders with a ``score`` head)."""
-    from tether.models.scalar import is_decoder_scorer, score_offset
-
     if not is_decoder_scorer(model):
         return None
     out = model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
@@ -230,9 +233,6 @@ def check_reward_model(model: nn.Module, tokenizer: Any, prompts: Sequence[str],
     """The reward model's score of (prompt, completion) must be read at the last real token: equal to the score of
     the row alone, to the head applied at its last token (decoders), and unchanged by extra pads on either side.
     ``score_fn(model, ids, mask) -> (B,)`` is the scoring under test (tether's: ``sequence_scores``)."""
-    from tether.data.preferences import encode_for_reward_model
-    from tether.models.scalar import sequence_scores
-
     score_fn = score_fn or sequence_scores
     n = min(len(prompts), len(completions))
     ids, mask = encode_for_reward_model(tokenizer, list(prompts[:n]), list(completions[:n]), max_length=max_length)
@@ -275,9 +275,6 @@ def check_zero_update(policy: nn.Module, tokenizer: Any, prompts: Sequence[str],
     the reference forward without any update: the ratio must be exactly 1 and the KL to the reference 0.
     ``reference`` defaults to the policy itself (the frozen copy is identical at update 0). ``logprob_fn(model, ids,
     mask, q, temperature, micro_batch_size)`` is the training log-prob computation under test."""
-    from tether.rollout.generate import response_logprobs
-    from tether.rollout.score import reference_logprobs
-
     logprob_fn = logprob_fn or response_logprobs
     texts = list(prompts[:4])
     was = policy.training
@@ -308,8 +305,6 @@ def check_zero_update(policy: nn.Module, tokenizer: Any, prompts: Sequence[str],
 def _sample(policy: nn.Module, tokenizer: Any, texts: list[str], temperature: float, response_length: int,
             seed: int):
     """One seeded rollout of ``texts`` (left-padded, up to 64 prompt tokens) that leaves the global RNG as it was."""
-    from tether.rollout.generate import encode_prompts, generate
-
     batch = encode_prompts(tokenizer, texts, texts, 64, "left")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -325,8 +320,6 @@ def check_rollout_logprobs(policy: nn.Module, tokenizer: Any, prompts: Sequence[
     """Log-probs the sampler used (``generate``'s processed scores) must match the training forward's at
     ``temperature``. ``sample_temperature``: the temperature the sampler actually applies (default: the same);
     ``logprob_fn``: the training log-prob computation under test."""
-    from tether.rollout.generate import response_logprobs
-
     logprob_fn = logprob_fn or response_logprobs
     texts = list(prompts[:4])
     t_sample = temperature if sample_temperature is None else sample_temperature
@@ -447,27 +440,14 @@ def run_checks(cfg: Any, *, policy: Any = None, tokenizer: Any = None, reward: A
     the way ``PPOTrainer`` does. ``policy``/``tokenizer``/``reward``/``prompts``: as for ``PPOTrainer`` (objects
     win over the config's paths). ``fast``: only :data:`FAST_CHECKS` (no generation); ``checks``: an explicit subset.
     Models passed in are not modified (a copy is resized when a pad token has to be added)."""
-    from tether.config.ppo import PPOConfig
-    from tether.errors import ConfigError
-    from tether.models.load import ensure_pad_token, load_causal_lm, load_tokenizer, resize_for_tokenizer
-
     if not isinstance(cfg, PPOConfig):
         raise TypeError(f"run_checks needs a PPOConfig, got {type(cfg).__name__}")
     names = tuple(checks) if checks is not None else (FAST_CHECKS if fast else ALL_CHECKS)
     unknown = set(names) - set(ALL_CHECKS)
     if unknown:
         raise ValueError(f"unknown checks {sorted(unknown)}; choose from {', '.join(ALL_CHECKS)}")
-    source = policy if policy is not None else cfg.policy
-    if source is None:
-        raise ConfigError("policy: required (a model directory or a loaded causal LM)")
-    owned = isinstance(source, (str, os.PathLike))
-    if owned:
-        tokenizer = tokenizer or load_tokenizer(source, cfg.trust_remote_code)
-        model = load_causal_lm(source, trust_remote_code=cfg.trust_remote_code)
-    else:
-        if tokenizer is None:
-            raise ConfigError("tokenizer: required when the policy is passed as a model object")
-        model = source
+    model, tokenizer, owned = open_policy(policy if policy is not None else cfg.policy, tokenizer,
+                                          trust_remote_code=cfg.trust_remote_code, progress=False)
     results: list[CheckResult] = []
 
     # pad token: judged on the tokenizer as given; with pad_policy=add tether repairs it, so that is a warning
@@ -518,8 +498,6 @@ def _prompts(source: Any, tokenizer: Any) -> tuple[Optional[list[Any]], list[str
     """(raw prompts or None, a few rendered prompt strings); the fallback prompts when none are given."""
     if source is None:
         return None, list(FALLBACK_PROMPTS)
-    from tether.data.readers import read_prompts, render_chat
-
     if isinstance(source, list) and all(isinstance(p, str) for p in source):
         raw: list[Any] = list(source)
     else:
@@ -530,13 +508,8 @@ def _prompts(source: Any, tokenizer: Any) -> tuple[Optional[list[Any]], list[str
 
 def _reward_checks(cfg: Any, reward: Any, tokenizer: Any, texts: list[str], results: list[CheckResult],
                    run_check: bool) -> list[nn.Module]:
-    from tether.errors import TetherError
-    from tether.rewards.base import resolve_reward_sources
-    from tether.rewards.reward_model import RewardModelScorer
-
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
     try:
-        sources = resolve_reward_sources(reward, cfg.rewards, tokenizer, dtypes[cfg.dtype], cfg.trust_remote_code)
+        sources = load_rewards(cfg, reward, tokenizer)
     except TetherError as err:
         if reward is None and not cfg.rewards:
             if run_check:

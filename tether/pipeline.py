@@ -1,7 +1,7 @@
 """Run SFT → reward model → PPO, each stage's output feeding the next (wiring: ``tether.config.pipeline``).
 
 A stage is skipped when its output directory already holds its finished model made with the same config (up to the
-fields a resume may change; ``tether.algos.run_dir``) and no stage before it was re-run; an interrupted stage
+fields a resume may change; ``tether.engine.run_dir``) and no stage before it was re-run; an interrupted stage
 continues from its newest checkpoint. A stage after one that ran (or with ``force``) starts over (``restart``).
 """
 
@@ -12,16 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def say(msg: str) -> None:
-    """One progress line on stdout, flushed (visible in logs as it happens)."""
-    print(msg, flush=True)
+from tether.console import out
 
 
 def finished(cfg: Any, *, force: bool = False) -> bool:
     """True when the stage of ``cfg`` has nothing left to do: its finished model is saved with a compatible config.
     Raises ``CheckpointError`` (one line) when its output directory holds a run that this config cannot continue."""
-    from tether.algos.run_dir import stage_run_dir
+    from tether.engine.run_dir import stage_run_dir
 
     return stage_run_dir(cfg, restart=force).finished
 
@@ -31,12 +28,12 @@ def run_sft(cfg, *, force: bool = False, progress: bool = True) -> dict:
 
     t0 = time.perf_counter()
     if finished(cfg, force=force):
-        say(f"[sft] skipped: finished model in {cfg.output_dir}")
+        out(f"[sft] skipped: finished model in {cfg.output_dir}")
         return {"skipped": True, "output_dir": cfg.output_dir, "wall_s": 0.0}
-    say(f"[sft] fine-tuning {cfg.model} on {cfg.train_file} -> {cfg.output_dir}")
+    out(f"[sft] fine-tuning {cfg.model} on {cfg.train_file} -> {cfg.output_dir}")
     res = train_sft(cfg, progress=progress, restart=force)
     wall = time.perf_counter() - t0
-    say(f"[sft] done in {wall:.0f}s: {res.steps} steps, train loss {_f(res.train_loss)}, eval loss {_f(res.eval_loss)}")
+    out(f"[sft] done in {wall:.0f}s: {res.steps} steps, train loss {_f(res.train_loss)}, eval loss {_f(res.eval_loss)}")
     return {"skipped": False, "output_dir": str(res.output_dir), "steps": res.steps, "train_loss": res.train_loss,
             "eval_loss": res.eval_loss, "wall_s": wall}
 
@@ -46,32 +43,32 @@ def run_rm(cfg, *, force: bool = False, progress: bool = True) -> dict:
 
     t0 = time.perf_counter()
     if finished(cfg, force=force):
-        say(f"[rm] skipped: finished reward model in {cfg.output_dir}")
+        out(f"[rm] skipped: finished reward model in {cfg.output_dir}")
         return {"skipped": True, "output_dir": cfg.output_dir, "wall_s": 0.0}
-    say(f"[rm] training reward model on {cfg.train_file} -> {cfg.output_dir}")
+    out(f"[rm] training reward model on {cfg.train_file} -> {cfg.output_dir}")
     res = train_rm(cfg, progress=progress, restart=force)
     wall = time.perf_counter() - t0
     groups = ", ".join(f"{k} {v:.3f}" for k, v in sorted(res.group_accuracy.items()))
-    say(f"[rm] done in {wall:.0f}s: {res.steps} steps, eval accuracy {_f(res.accuracy)}"
+    out(f"[rm] done in {wall:.0f}s: {res.steps} steps, eval accuracy {_f(res.accuracy)}"
         + (f" ({groups})" if groups else ""))
     return {"skipped": False, "output_dir": str(res.output_dir), "steps": res.steps, "accuracy": res.accuracy,
             "group_accuracy": res.group_accuracy, "eval_loss": res.eval_loss, "wall_s": wall}
 
 
 def run_ppo(cfg, *, force: bool = False) -> dict:
-    from tether.algos.ppo import PPOTrainer
+    from tether.algos.ppo_trainer import PPOTrainer
 
     t0 = time.perf_counter()
     final = Path(cfg.output_dir) / "final"
     if finished(cfg, force=force):
-        say(f"[ppo] skipped: finished policy in {final}")
+        out(f"[ppo] skipped: finished policy in {final}")
         return {"skipped": True, "output_dir": str(final), "wall_s": 0.0}
-    say(f"[ppo] {cfg.num_updates} updates of {cfg.policy} -> {final}")
+    out(f"[ppo] {cfg.num_updates} updates of {cfg.policy} -> {final}")
     trainer = PPOTrainer(cfg, restart=force)
     history = trainer.train()
     wall = time.perf_counter() - t0
     last = history[-1] if history else {}
-    say(f"[ppo] done in {wall:.0f}s: last score {_f(last.get('objective/score'))}, "
+    out(f"[ppo] done in {wall:.0f}s: last score {_f(last.get('objective/score'))}, "
         f"kl {_f(last.get('objective/kl'))}")
     return {"skipped": False, "output_dir": str(final), "updates": len(history), "wall_s": wall,
             "last": {k: last[k] for k in ("objective/score", "objective/kl") if k in last}}

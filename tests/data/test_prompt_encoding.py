@@ -87,7 +87,7 @@ def _rollout_spy():
 def test_ppo_rollouts_and_held_out_evaluation_start_with_the_bos(tmp_path, bos_tok, make_llama):
     """Trainer level: every prompt the policy (and the reference, critic and a same-tokenizer RM) sees in a rollout
     and in the held-out evaluation begins with the BOS the SFT data had."""
-    from tether.algos.ppo import PPOTrainer
+    from tether.algos.ppo_trainer import PPOTrainer
 
     spy, seen = _rollout_spy()
     cfg = PPOConfig(output_dir=str(tmp_path / "run"), rollout_batch_size=4, micro_batch_size=4, response_length=4,
@@ -102,7 +102,7 @@ def test_ppo_rollouts_and_held_out_evaluation_start_with_the_bos(tmp_path, bos_t
         real = ro.query_response[i, : ro.query_length][ro.attention_mask[i, : ro.query_length]].tolist()
         assert real == _sft_prompt_ids(bos_tok, {"prompt": text, "completion": " ok"})
 
-    from tether.monitor.evaluate import HeldOutEvaluator
+    from tether.eval.heldout import HeldOutEvaluator
     from tether.rewards.base import RewardSource
 
     seen.clear()

@@ -67,3 +67,30 @@ def write_run(d: Path, stream: list[dict], *, samples: bool = True, config: bool
         (d / "final").mkdir(exist_ok=True)
         (d / "final" / "tether_config.yaml").write_text("policy: runs/sft\nkl_coef: 0.05\nnum_updates: 30\n")
     return d
+
+
+def pipeline_dir(tmp_path):
+    """A pipeline run directory: a PPO run with SFT and RM stages and `tether eval` results."""
+    root = tmp_path / "demo"
+    write_run(root / "ppo", healthy(12, judges=False))
+    (root / "sft").mkdir()
+    (root / "sft" / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "loss": 3.0 / s, "lr": 1e-4, "grad_norm": 1.0, "time/elapsed_s": 2.0 * s}) + "\n"
+        for s in range(1, 6)) + json.dumps({"step": 5, "eval_loss": 1.0, "time/elapsed_s": 11.0}) + "\n")
+    (root / "rm").mkdir()
+    (root / "rm" / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "loss": 0.7 - 0.05 * s, "accuracy": 0.5 + 0.05 * s, "lr": 1e-4}) + "\n"
+        for s in range(1, 6)))
+    (root / "eval").mkdir()
+
+    def ci(m):
+        return {"mean": m, "lo": m - 0.05, "hi": m + 0.05, "n": 10}
+
+    def pol(vader, rm, kl):
+        return {"vader": ci(vader), "rm": ci(rm), "kl": ci(kl), "ref_ppl": ci(12), "tokens": ci(9)}
+
+    results = {"baseline": "sft", "metrics": ["vader", "rm", "kl", "ref_ppl", "tokens"],
+               "policies": {"sft": pol(0.1, -0.2, 0.0), "ppo": pol(0.3, 0.3, 3.0)},
+               "paired": {"ppo": {"vader": {**ci(0.2), "excludes_0": True}}}}
+    (root / "eval" / "results.json").write_text(json.dumps(results))
+    return root

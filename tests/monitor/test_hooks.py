@@ -1,5 +1,5 @@
-"""The integration surface for the trainers: a RunLogger built from a PPO trainer (held-out evaluation, best
-checkpoint flag) and the fast pre-flight checks on what the trainer loaded."""
+"""The integration surface for the trainers: a RunLogger and the held-out evaluation (best flag) built from a PPO
+trainer, and the fast pre-flight checks on what the trainer loaded."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import types
 
 import pytest
 
-from tether.algos.ppo import PPOTrainer
+from tether.algos.ppo_trainer import PPOTrainer
 from tether.config.monitor import MonitorConfig
 from tether.config.ppo import PPOConfig
 from tether.errors import ConfigError
+from tether.eval.heldout import ppo_heldout
 from tether.monitor.hooks import ppo_monitor, preflight
 
 PROMPTS = ["The movie was", "I think that", "Once upon a time", "My favourite food is"]
@@ -25,43 +26,48 @@ def trainer(tmp_path, gpt2_tok, make_llama):
                       reward=lambda p, c: [float(len(x)) for x in c], prompts=PROMPTS)
 
 
-def test_ppo_monitor_evaluates_and_flags_the_best(trainer, tmp_path):
+def _heldout(trainer, mon, judges=None):
+    cfg = trainer.cfg.model_copy(update={"monitor": mon})
+    return ppo_heldout(cfg, trainer.policy, trainer.tokenizer, trainer.rewards, trainer.ref, judges=judges)
+
+
+def test_ppo_heldout_evaluates_and_flags_the_best(trainer, tmp_path):
     held = tmp_path / "held.jsonl"
     held.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Hello there", "The weather is"]))
 
     def chars(texts):
         return [float(len(t)) for t in texts]
 
-    mon = ppo_monitor(trainer, MonitorConfig(eval_every=1, eval_prompts=str(held), tensorboard=False, report=False),
-                      judges=[chars], quiet=True)
-    assert mon.best.metric == "eval/chars"
+    heldout = _heldout(trainer, MonitorConfig(eval_every=2, eval_prompts=str(held)), judges=[chars])
+    assert heldout.best.metric == "eval/chars"
+    assert [heldout.due(u) for u in (1, 2, 3)] == [False, True, False] and heldout.due(trainer.cfg.num_updates)
     results = []
-    for _ in range(2):
-        m = trainer.step()
-        results.append(mon.on_update(m, completions=["a b c", "d e f"], policy=trainer.policy))
-    assert {"eval/proxy", "eval/chars", "eval/kl", "text/distinct_share"} <= set(results[0].metrics)
-    assert results[0].best is True and mon.best.best_update == 1
-    assert results[1].best == (results[1].metrics["eval/chars"] > results[0].metrics["eval/chars"])
-    mon.close()
+    for u in (1, 2):
+        trainer.step()
+        results.append({"update": u, **heldout()})
+    assert {"eval/proxy", "eval/chars", "eval/kl"} <= set(results[0])
+    assert heldout.is_best(results[0]) is True and heldout.best.best_update == 1
+    assert heldout.is_best(results[1]) == (results[1]["eval/chars"] > results[0]["eval/chars"])
 
 
 def test_judges_from_config_as_module_function(trainer, tmp_path):
     held = tmp_path / "held.jsonl"
     held.write_text(json.dumps({"prompt": "Hello there"}) + "\n")
-    mon = ppo_monitor(trainer, MonitorConfig(eval_every=1, eval_prompts=str(held), tensorboard=False, report=False,
-                                             judges=["tether.monitor.alarms:words"]))
-    assert mon.best.metric == "eval/words" and "words" in mon.evaluator.judges
+    heldout = _heldout(trainer, MonitorConfig(eval_every=1, eval_prompts=str(held),
+                                              judges=["tether.monitor.alarms:words"]))
+    assert heldout.best.metric == "eval/words" and "words" in heldout.evaluator.judges
 
 
-def test_ppo_monitor_needs_eval_prompts(trainer):
+def test_ppo_heldout_needs_eval_prompts(trainer):
     with pytest.raises(ConfigError, match="monitor.eval_prompts"):
-        ppo_monitor(trainer, MonitorConfig(eval_every=2))
+        _heldout(trainer, MonitorConfig(eval_every=2))
 
 
 def test_no_eval_when_not_configured(trainer):
+    assert _heldout(trainer, MonitorConfig(tensorboard=False, report=False)) is None
     mon = ppo_monitor(trainer, MonitorConfig(tensorboard=False, report=False))
-    res = mon.on_update(trainer.step(), policy=trainer.policy)
-    assert not any(k.startswith("eval/") for k in res.metrics) and res.best is False
+    res = mon.on_update(trainer.step())
+    assert not any(k.startswith("eval/") for k in res.metrics)
 
 
 def test_preflight_passes_on_a_trainer(trainer):

@@ -7,8 +7,8 @@ import copy
 
 import pytest
 
-from tether.monitor import progress as progress_mod
-from tether.monitor.progress import on_terminal, progress
+from tether import console as progress_mod
+from tether.console import on_terminal, progress
 
 
 def test_quiet_off_a_terminal(capsys):
@@ -67,7 +67,7 @@ def test_evaluation_quiet_off_a_terminal_and_bar_on_one(policy_dir, capsys, monk
 def test_ppo_run_is_quiet_off_a_terminal(tmp_path, capfd, gpt2_tok, make_llama):
     """Off a terminal a whole PPO run (with a critic, checkpoints, the final save and the report) writes no progress
     bars, neither tether's nor transformers' own weight loading/saving bars."""
-    from tether.algos.ppo import PPOTrainer
+    from tether.algos.ppo_trainer import PPOTrainer
     from tether.config.ppo import PPOConfig
 
     cfg = PPOConfig(output_dir=str(tmp_path / "run"), rollout_batch_size=4, micro_batch_size=4, response_length=6,

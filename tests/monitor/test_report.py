@@ -10,7 +10,7 @@ import math
 from html.parser import HTMLParser
 
 import pytest
-from _streams import healthy, write_run
+from _streams import healthy, pipeline_dir, write_run
 
 from tether.cli import main
 from tether.errors import DataError
@@ -236,34 +236,8 @@ def test_alarms_in_the_report(tmp_path):
     assert "kl_high" in text and "raise kl_coef" in text and "kl_max" in text
 
 
-def _pipeline_dir(tmp_path):
-    root = tmp_path / "demo"
-    write_run(root / "ppo", healthy(12, judges=False))
-    (root / "sft").mkdir()
-    (root / "sft" / "metrics.jsonl").write_text("".join(
-        json.dumps({"step": s, "loss": 3.0 / s, "lr": 1e-4, "grad_norm": 1.0, "time/elapsed_s": 2.0 * s}) + "\n"
-        for s in range(1, 6)) + json.dumps({"step": 5, "eval_loss": 1.0, "time/elapsed_s": 11.0}) + "\n")
-    (root / "rm").mkdir()
-    (root / "rm" / "metrics.jsonl").write_text("".join(
-        json.dumps({"step": s, "loss": 0.7 - 0.05 * s, "accuracy": 0.5 + 0.05 * s, "lr": 1e-4}) + "\n"
-        for s in range(1, 6)))
-    (root / "eval").mkdir()
-
-    def ci(m):
-        return {"mean": m, "lo": m - 0.05, "hi": m + 0.05, "n": 10}
-
-    def pol(vader, rm, kl):
-        return {"vader": ci(vader), "rm": ci(rm), "kl": ci(kl), "ref_ppl": ci(12), "tokens": ci(9)}
-
-    results = {"baseline": "sft", "metrics": ["vader", "rm", "kl", "ref_ppl", "tokens"],
-               "policies": {"sft": pol(0.1, -0.2, 0.0), "ppo": pol(0.3, 0.3, 3.0)},
-               "paired": {"ppo": {"vader": {**ci(0.2), "excludes_0": True}}}}
-    (root / "eval" / "results.json").write_text(json.dumps(results))
-    return root
-
-
 def test_pipeline_layout_with_stages_and_eval_results(tmp_path):
-    root = _pipeline_dir(tmp_path)
+    root = pipeline_dir(tmp_path)
     out = write_report([root], tmp_path / "demo.html", png=tmp_path / "grid.png")
     page = parse(out)
     for sid in ("plot-stage-sft", "plot-stage-rm", "plot-overopt"):

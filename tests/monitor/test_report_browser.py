@@ -17,8 +17,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from _streams import healthy, write_run
-from test_report import _pipeline_dir
+from _streams import healthy, pipeline_dir, write_run
 
 from tether.monitor.report import load_run, write_report
 from tether.monitor.report_figures import figure
@@ -95,7 +94,7 @@ def page(tmp_path_factory):
     a = write_run(tmp / "run_a", healthy(30, seed=0))
     b = write_run(tmp / "run_b", healthy(20, seed=5))
     (b / "final" / "tether_config.yaml").write_text("policy: runs/sft\nkl_coef: 0.1\nnum_updates: 20\n")
-    dirs = [a, b, _pipeline_dir(tmp)]
+    dirs = [a, b, pipeline_dir(tmp)]
     return tmp, write_report(dirs, tmp / "report.html"), dirs
 
 

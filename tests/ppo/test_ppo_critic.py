@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from tether.config.ppo import PPOConfig
 from tether.models.forward import causal_lm_logits, causal_lm_logits_and_hidden, check_shared_trunk
-from test_ppo_properties import PROMPTS, length_reward, make_trainer
+from _trainers import make_trainer
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from tether.algos.ppo import PPOTrainer
+from tether.algos.ppo_trainer import PPOTrainer
 from tether.config.ppo import PPOConfig
 
 PROMPTS = ["The movie was", "I think that", "Once upon a time", "My favourite food is",

@@ -14,32 +14,16 @@ import copy
 import pytest
 import torch
 from _spies import RolloutSpy, row_scores
+from _trainers import PROMPTS, SCORES, lengths, make
 
 from tether import ops
-from tether.algos.ppo import PPOTrainer
-from tether.config.ppo import PPOConfig
 from tether.models.forward import causal_lm_logits
 
-PROMPTS = ["The movie was", "I think that", "Once upon a time", "My favourite food is",
-           "The weather today", "A good friend", "In the morning I", "The best thing about"]
-QUIET = {"preflight": False, "tensorboard": False, "report": False}
-SCORES = [0.9, -0.4, 0.3, 1.2, -1.0, 0.1, 0.6, -0.7]
-
-
-def make(tmp_path, tok, model, reward, *, prompts=PROMPTS, name="run", reference=None, **overrides):
-    base = dict(output_dir=str(tmp_path / name), rollout_batch_size=8, micro_batch_size=4, response_length=8,
-                num_updates=1, num_ppo_epochs=1, progress=False, sample_every=0, seed=0, monitor=QUIET)
-    base.update(overrides)
-    return PPOTrainer(PPOConfig(**base), policy=model, tokenizer=tok, reward=reward, prompts=prompts,
-                      reference=reference)
 
 
 def weights(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
 
-
-def lengths(rollout) -> torch.Tensor:
-    return rollout.response_mask.sum(1).double()
 
 
 # ------------------------------------------------------------------------------------------------ the epoch loop

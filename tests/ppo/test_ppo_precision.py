@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from test_ppo_properties import make_trainer
+from _trainers import make_trainer
 
 
 def test_bf16_autocast_runs_bf16_forwards_and_keeps_fp32_weights(tmp_path, gpt2_tok, make_llama):

@@ -6,27 +6,11 @@ import json
 
 import pytest
 import torch
+from _trainers import PROMPTS, make_trainer
 
 from tether import ops
-from tether.algos.ppo import PPOTrainer
-from tether.config.ppo import PPOConfig
 from tether.models.forward import causal_lm_logits
 from tether.models.load import ensure_pad_token, resize_for_tokenizer
-
-PROMPTS = ["The movie was", "I think that", "Once upon a time", "My favourite food is",
-           "The weather today", "A good friend", "In the morning I", "The best thing about"]
-
-
-def length_reward(prompts, completions):
-    """Dense toy reward: share of characters that are spaces."""
-    return [c.count(" ") / max(len(c), 1) for c in completions]
-
-
-def make_trainer(tmp_path, tok, model, reward=length_reward, **overrides):
-    base = dict(output_dir=str(tmp_path / "run"), rollout_batch_size=8, micro_batch_size=4, response_length=8,
-                num_updates=1, num_ppo_epochs=2, progress=False, sample_every=0, seed=0)
-    base.update(overrides)
-    return PPOTrainer(PPOConfig(**base), policy=model, tokenizer=tok, reward=reward, prompts=PROMPTS)
 
 
 def test_first_minibatch_ratio_is_exactly_one(tmp_path, gpt2_tok, make_llama):

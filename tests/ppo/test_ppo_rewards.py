@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tether.algos.ppo import PPOTrainer
+from tether.algos.ppo_trainer import PPOTrainer
 from tether.config.ppo import PPOConfig
 from tether.models.scalar import sequence_scores
 from tether.rewards.base import RewardSource

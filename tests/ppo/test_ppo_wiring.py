@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from _spies import RolloutSpy, row_scores
-from test_ppo_options import PROMPTS, QUIET, SCORES, lengths, make
+from _trainers import PROMPTS, QUIET, SCORES, lengths, make
 
 from tether import ops
 from tether.config.base import build

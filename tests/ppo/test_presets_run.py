@@ -11,7 +11,7 @@ import pytest
 import torch
 from _spies import RolloutSpy, row_scores
 
-from tether.algos.ppo import PPOTrainer
+from tether.algos.ppo_trainer import PPOTrainer
 from tether.config.ppo import PPOConfig
 from tether.config.presets import PRESET_NAMES
 

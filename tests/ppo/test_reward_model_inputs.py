@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from tether.algos.ppo import PPOTrainer
+from tether.algos.ppo_trainer import PPOTrainer
 from tether.config.ppo import PPOConfig
 from tether.data.preferences import encode_for_reward
 from tether.errors import ModelError

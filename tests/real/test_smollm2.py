@@ -34,7 +34,7 @@ def test_one_ppo_update_starts_at_ratio_one_and_zero_kl(tmp_path, smollm2):
     the first minibatch the ratio is exactly 1 (old and new log-probs are the same computation), the KL to the
     identical frozen reference is exactly 0, the sampler agrees with the training forward, and the update moves the
     policy (later minibatches see ratio ≠ 1)."""
-    from tether.algos.ppo import PPOTrainer
+    from tether.algos.ppo_trainer import PPOTrainer
     from tether.config.ppo import PPOConfig
 
     cfg = PPOConfig(policy=str(smollm2), output_dir=str(tmp_path / "ppo"), advantage="gae", critic_mode="shared",

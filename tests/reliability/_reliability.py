@@ -75,7 +75,7 @@ def run_cli(argv: list[str]) -> int:
 
 def run_killed(argv: list[str], kill_at: str) -> None:
     """Run the CLI in a fresh child interpreter that SIGKILLs itself at the named point
-    (``tether.checkpoint.kill_point``); fail unless it really died there. A fresh interpreter rather than ``os.fork``:
+    (``tether.engine.checkpoint.kill_point``); fail unless it really died there. A fresh interpreter rather than ``os.fork``:
     a fork of a process whose threads (torch's pools, TensorBoard writers of earlier tests) hold locks can hang."""
     import subprocess
 

@@ -1,4 +1,4 @@
-"""The checkpoint format (tether.checkpoint): round trip of weights, optimizer/scheduler/RNG state through
+"""The checkpoint format (tether.engine.checkpoint): round trip of weights, optimizer/scheduler/RNG state through
 ``torch.load(weights_only=True)``, detection of truncated/corrupt/incomplete/foreign checkpoints, pruning, the
 `latest` pointer, and that state files holding code objects are refused."""
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from tether import checkpoint as ck
-from tether.algos.common import build_optimizer, build_scheduler
+from tether.engine import checkpoint as ck
+from tether.engine.optim import build_optimizer, build_scheduler
 from tether.errors import CheckpointError
 
 

@@ -144,8 +144,8 @@ def test_rm_nonfinite_gradient_is_skipped(tiny_policy, data_dir, tmp_path, monke
 
 def test_non_finite_weights_are_never_saved(tmp_path):
     from conftest import tiny_llama
-    from tether.algos.common import save_model_atomic
-    from tether.checkpoint import write_checkpoint
+    from tether.engine.outputs import save_model_atomic
+    from tether.engine.checkpoint import write_checkpoint
 
     model = tiny_llama(64)
     with torch.no_grad():

@@ -12,14 +12,9 @@ import torch
 import yaml
 from _tiny import gpt2_lm, gpt2_tok, llama_lm, toy_sft, write_jsonl
 
-from tether.algos.common import (
-    MetricsWriter,
-    build_optimizer,
-    build_scheduler,
-    lr_factor,
-    save_model_atomic,
-    split_eval,
-)
+from tether.algos.common import split_eval
+from tether.engine.optim import build_optimizer, build_scheduler, lr_factor
+from tether.engine.outputs import MetricsWriter, save_model_atomic
 from tether.algos.sft import evaluate_sft, lm_logits, prepare_causal_lm, sft_loss, train_sft
 from tether.config.base import build, dump, help_lines
 from tether.config.sft import SFTConfig

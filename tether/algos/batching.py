@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
+
+from tether.engine.optim import derive_seed
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,6 @@ class BatchPlan:
 
     def micro_batches(self, minibatch: torch.Tensor) -> list[torch.Tensor]:
         return list(minibatch.split(self.micro_batch_size))
-
-
-def derive_seed(seed: int, purpose: str, index: int) -> int:
-    """A stable 63-bit seed for (seed, purpose, index): independent streams for sampling, shuffles and init."""
-    digest = hashlib.sha256(f"{seed}/{purpose}/{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def prompt_indices(update: int, batch: int, n_prompts: int, seed: int) -> list[int]:

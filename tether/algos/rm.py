@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,18 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tether.algos.common import (
-    MetricsWriter,
-    build_optimizer,
-    build_scheduler,
-    progress_bar,
-    save_model_atomic,
-    set_seed,
-    split_eval,
-)
-from tether.algos.run_dir import read_jsonl, stage_run_dir
-from tether.algos.step_loop import StepLoop
-from tether.monitor.logger import STAGE_LOG_FILES, stage_logger
+from tether.algos.common import split_eval
+from tether.algos.offline import offline_step, start_offline_run
+from tether.console import note, progress as progress_bar
+from tether.engine.optim import set_seed
+from tether.engine.outputs import MetricsWriter, save_model_atomic
+from tether.engine.run_dir import read_jsonl, stage_run_dir
+from tether.monitor.logger import STAGE_LOG_FILES
 from tether.config.base import dump
 from tether.config.rm import RMConfig
 from tether.data.preferences import collate_pairs, encode_for_reward, pad_right, tokenize_pairs
@@ -345,81 +338,55 @@ def train_rm(
         log.warning("%s: %d of %d pairs are longer than max_length=%d tokens and were truncated (%s)",
                     cfg.train_file, cut, len(train_ex), max_length, how)
 
-    # 2. schedule
-    micro_per_epoch = math.ceil(len(train_ex) / cfg.batch_size)
-    total_steps = cfg.num_epochs * math.ceil(micro_per_epoch / cfg.grad_accum)
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    if cfg.warmup_steps >= total_steps:
-        raise ConfigError(f"warmup_steps={cfg.warmup_steps} must be < the {total_steps} optimizer steps of this run")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, cfg.lr, cfg.weight_decay, eps=cfg.adam_eps)
-    scheduler = build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps, total_steps)
-
-    # the run: fresh, or continued from a checkpoint (weights, optimizer, schedule, data order, RNG, logs)
-    loop = StepLoop(run, cfg, {"model": model}, optimizer, scheduler, total_steps)
-    writer = MetricsWriter(out_dir / "metrics.jsonl", overwrite=loop.fresh)
-    watch = stage_logger(out_dir, cfg, "rm")  # TensorBoard, run_info.json; the report once the model is saved
-    metrics: list[dict[str, Any]] = read_jsonl(out_dir / "metrics.jsonl")
-    bar = progress_bar(total_steps, progress, desc="rm")
-    bar.update(loop.step)
-    ev = loop.extra.get("ev")
+    # 2. schedule and the run: fresh, or continued from a checkpoint
+    r = start_offline_run(run, cfg, model, len(train_ex), "rm")
+    loop, scheduler, total_steps, groups = r.loop, r.scheduler, r.total_steps, r.groups
     model.train()
 
-    # 3. optimise
-    try:
-        with loop:
-            for epoch, micro, first in loop.epochs(len(train_ex), cfg.batch_size):
-                for g in range(first, len(micro), cfg.grad_accum):
-                    group = micro[g : g + cfg.grad_accum]
-                    n_pairs = sum(len(mb) for mb in group)
-                    step_loss, step_acc, step_margin, finite = 0.0, 0.0, 0.0, True
-                    for mb in group:
-                        b = _to(collate_pairs([train_ex[i] for i in mb], pad_id), device)
-                        with compute_context(cfg.dtype, device):
-                            scores = sequence_scores(model, b["input_ids"], b["attention_mask"]).float()
-                        n = scores.shape[0] // 2
-                        margin = b["margin"] if cfg.margin_column else None
-                        loss, stats = bradley_terry_loss(scores[:n], scores[n:], margin)
-                        if not bool(torch.isfinite(loss.detach())):  # NaN/Inf guard: no backward, the step is skipped
-                            finite = False
-                            break
-                        (loss * (n / n_pairs)).backward()
-                        w = n / n_pairs
-                        step_loss += float(loss.detach()) * w
-                        step_acc += float(stats["accuracy"]) * w
-                        step_margin += float(stats["margin"]) * w
-                    lr = scheduler.get_last_lr()[0]
-                    norm, stepped = loop.optimizer_step(params, cfg.max_grad_norm, finite)
-                    step = loop.step
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{step_loss:.4f}", acc=f"{step_acc:.2f}")
-                    last = step == total_steps
-                    record: dict[str, Any] = {}
-                    if step % cfg.log_every == 0 or last or not stepped:
-                        record |= {"step": step, "epoch": epoch + (g + len(group)) / max(1, len(micro)),
-                                   "loss": step_loss if stepped else float("nan"), "accuracy": step_acc,
-                                   "margin": step_margin, "lr": lr, "grad_norm": norm,
-                                   "time/elapsed_s": round(loop.elapsed(), 3)}
-                        if not stepped:
-                            record["skipped"] = 1
-                    if eval_ex and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
-                        ev = evaluate_pairs(model, eval_ex, pad_id, cfg.eval_batch_size)
-                        record |= {"step": step, "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"]}
-                        record |= {f"eval_accuracy/{k}": v for k, v in ev["group_accuracy"].items()}
-                    if record:
-                        metrics.append(writer.write(record))
-                        watch.on_update(metrics[-1])
-                    loop.after_step(g + cfg.grad_accum, ev=ev)
-                    if last:
-                        break
-            loop.finish(ev=ev)
-    except BaseException:
-        watch.close(report=False)
-        raise
-    bar.close()
+    # 3. optimise: chosen and rejected of each micro-batch in one forward, one optimizer step per group
+    def step() -> None:
+        epoch, g, group, n_micro = next(groups)
+        n_pairs = sum(len(mb) for mb in group)
+        step_loss, step_acc, step_margin, finite = 0.0, 0.0, 0.0, True
+        for mb in group:
+            b = _to(collate_pairs([train_ex[i] for i in mb], pad_id), device)
+            with compute_context(cfg.dtype, device):
+                scores = sequence_scores(model, b["input_ids"], b["attention_mask"]).float()
+            n = scores.shape[0] // 2
+            margin = b["margin"] if cfg.margin_column else None
+            loss, stats = bradley_terry_loss(scores[:n], scores[n:], margin)
+            if not bool(torch.isfinite(loss.detach())):  # NaN/Inf guard: no backward, the step is skipped
+                finite = False
+                break
+            (loss * (n / n_pairs)).backward()
+            w = n / n_pairs
+            step_loss += float(loss.detach()) * w
+            step_acc += float(stats["accuracy"]) * w
+            step_margin += float(stats["margin"]) * w
+        lr = scheduler.get_last_lr()[0]
+        norm, stepped = offline_step(r, finite)
+        bar_text.update(loss=f"{step_loss:.4f}", acc=f"{step_acc:.2f}")
+        last = loop.step == total_steps
+        record: dict[str, Any] = {}
+        if loop.step % cfg.log_every == 0 or last or not stepped:
+            record |= {"step": loop.step, "epoch": epoch + (g + len(group)) / max(1, n_micro),
+                       "loss": step_loss if stepped else float("nan"), "accuracy": step_acc,
+                       "margin": step_margin, "lr": lr, "grad_norm": norm,
+                       "time/elapsed_s": round(loop.elapsed(), 3)}
+            if not stepped:
+                record["skipped"] = 1
+        if eval_ex and ((cfg.eval_every and loop.step % cfg.eval_every == 0) or last):
+            ev = loop.extra["ev"] = evaluate_pairs(model, eval_ex, pad_id, cfg.eval_batch_size)
+            record |= {"step": loop.step, "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"]}
+            record |= {f"eval_accuracy/{k}": v for k, v in ev["group_accuracy"].items()}
+        loop.log(record)
+
+    bar_text: dict[str, str] = {}
+    loop.run(step, progress_bar(total=total_steps, enabled=progress, desc="rm"), postfix=lambda: bar_text)
     model.eval()
-    step = loop.step
+    step, ev = loop.step, loop.extra.get("ev")
+    metrics = loop.history
+    writer = MetricsWriter(out_dir / "metrics.jsonl", overwrite=False)
 
     # 4. normalise on the reference completions (C5), then check the fold kept the accuracy
     stats = None
@@ -450,7 +417,7 @@ def train_rm(
                       extra_files={"tether_config.yaml": dump(cfg), "tether_rm.json": summary,
                                    "README.md": model_card("rm", cfg, summary["eval"], notes=card_notes(stats))},
                       keep=("metrics.jsonl", "checkpoints", *STAGE_LOG_FILES))
-    watch.close()
+    loop.monitor.close()
     return RMResult(
         output_dir=out_dir,
         accuracy=None if ev is None else ev["accuracy"],
@@ -464,7 +431,7 @@ def train_rm(
 
 def _finished(out_dir: Path) -> RMResult:
     """The result of a run that had already finished (read back from tether_rm.json and metrics.jsonl)."""
-    print(f"tether: {out_dir} holds the finished run; nothing to do", file=sys.stderr, flush=True)
+    note(f"{out_dir} holds the finished run; nothing to do")
     try:
         summary = json.loads((out_dir / "tether_rm.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):

@@ -12,8 +12,6 @@ The loop, step by step:
 from __future__ import annotations
 
 import logging
-import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,18 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tether.algos.common import (
-    MetricsWriter,
-    build_optimizer,
-    build_scheduler,
-    progress_bar,
-    save_model_atomic,
-    set_seed,
-    split_eval,
-)
-from tether.algos.run_dir import read_jsonl, stage_run_dir
-from tether.algos.step_loop import StepLoop
-from tether.monitor.logger import STAGE_LOG_FILES, stage_logger
+from tether.algos.common import split_eval
+from tether.algos.offline import offline_step, start_offline_run
+from tether.console import note, progress as progress_bar
+from tether.engine.optim import set_seed
+from tether.engine.outputs import save_model_atomic
+from tether.engine.run_dir import read_jsonl, stage_run_dir
+from tether.monitor.logger import STAGE_LOG_FILES
 from tether.config.base import dump
 from tether.config.sft import SFTConfig
 from tether.data.readers import adopt_chat_template, read_records
@@ -51,6 +44,7 @@ from tether.models.load import (
     vocab_check,
 )
 from tether.models.precision import compute_context, master_dtype, master_weights
+from tether.ops.precision import to_compute
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +76,7 @@ def sft_loss(logits: Tensor, labels: Tensor, loss_mask: Tensor, num_tokens: floa
     mask = loss_mask[:, 1:].bool()
     target = torch.where(mask, labels[:, 1:], torch.zeros_like(labels[:, 1:]))
     lg = logits[:, :-1]
-    lg = lg if lg.dtype == torch.float64 else lg.float()
+    lg = to_compute(lg)
     nll = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), target.reshape(-1), reduction="none").view_as(target)
     total = torch.where(mask, nll, torch.zeros_like(nll)).sum()
     n = mask.sum() if num_tokens is None else num_tokens
@@ -206,94 +200,64 @@ def train_sft(
                                    completion_only=completion_only)[0] if eval_records else []
     rows = pack_sft(train_ex, max_length) if cfg.packing else train_ex
 
-    # 2. schedule
-    micro_per_epoch = math.ceil(len(rows) / cfg.batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
-    total_steps = cfg.num_epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    if cfg.warmup_steps >= total_steps:
-        raise ConfigError(f"warmup_steps={cfg.warmup_steps} must be < the {total_steps} optimizer steps of this run")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, cfg.lr, cfg.weight_decay, eps=cfg.adam_eps)
-    scheduler = build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps, total_steps)
-
-    # the run: fresh, or continued from a checkpoint (weights, optimizer, schedule, data order, RNG, logs)
-    loop = StepLoop(run, cfg, {"model": model}, optimizer, scheduler, total_steps)
-    writer = MetricsWriter(out_dir / "metrics.jsonl", overwrite=loop.fresh)
-    watch = stage_logger(out_dir, cfg, "sft")  # TensorBoard, run_info.json; the report once the model is saved
-    metrics: list[dict[str, Any]] = read_jsonl(out_dir / "metrics.jsonl")
+    # 2. schedule and the run: fresh, or continued from a checkpoint
+    r = start_offline_run(run, cfg, model, len(rows), "sft")
+    loop, scheduler, total_steps, groups = r.loop, r.scheduler, r.total_steps, r.groups
     pad_id = tokenizer.pad_token_id
-    bar = progress_bar(total_steps, progress, desc="sft")
-    bar.update(loop.step)
-    train_loss, eval_loss = loop.extra.get("train_loss"), loop.extra.get("eval_loss")
     model.train()
 
-    # 3. optimise
-    try:
-        with loop:
-            for epoch, micro, first in loop.epochs(len(rows), cfg.batch_size):
-                for g in range(first, len(micro), cfg.grad_accum):
-                    batches = [
-                        {k: v.to(device) for k, v in
-                         collate_sft([rows[i] for i in mb], pad_id, completion_only=completion_only).items()}
-                        for mb in micro[g : g + cfg.grad_accum]
-                    ]
-                    n_tokens = sum(int(b["loss_mask"][:, 1:].sum()) for b in batches)
-                    step_loss, finite = 0.0, True
-                    for b in batches:
-                        with compute_context(cfg.dtype, device):
-                            logits = lm_logits(model, b)
-                        loss = sft_loss(logits, b["labels"], b["loss_mask"], num_tokens=n_tokens)
-                        if not bool(torch.isfinite(loss.detach())):  # NaN/Inf guard: no backward, the step is skipped
-                            finite = False
-                            break
-                        loss.backward()
-                        step_loss += float(loss.detach())
-                    lr = scheduler.get_last_lr()[0]
-                    norm, stepped = loop.optimizer_step(params, cfg.max_grad_norm, finite)
-                    step = loop.step
-                    if stepped:
-                        train_loss = step_loss
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{step_loss:.4f}")
-                    last = step == total_steps
-                    record: dict[str, Any] = {}
-                    if step % cfg.log_every == 0 or last or not stepped:
-                        record |= {"step": step, "epoch": epoch + (g + len(batches)) / max(1, len(micro)),
-                                   "loss": step_loss if stepped else float("nan"), "lr": lr, "grad_norm": float(norm),
-                                   "tokens": n_tokens, "time/elapsed_s": round(loop.elapsed(), 3)}
-                        if not stepped:
-                            record["skipped"] = 1
-                    if eval_ex and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
-                        eval_loss = evaluate_sft(model, eval_ex, pad_id, completion_only=completion_only,
-                                                 batch_size=cfg.eval_batch_size)
-                        record |= {"step": step, "eval_loss": eval_loss}
-                    if record:
-                        metrics.append(writer.write(record))
-                        watch.on_update(metrics[-1])
-                    loop.after_step(g + cfg.grad_accum, train_loss=train_loss, eval_loss=eval_loss)
-                    if last:
-                        break
-            loop.finish(train_loss=train_loss, eval_loss=eval_loss)
-    except BaseException:
-        watch.close(report=False)
-        raise
-    bar.close()
+    # 3. optimise: one optimizer step over the next grad_accum micro-batches
+    def step() -> None:
+        epoch, g, group, n_micro = next(groups)
+        batches = [{k: v.to(device) for k, v in
+                    collate_sft([rows[i] for i in mb], pad_id, completion_only=completion_only).items()}
+                   for mb in group]
+        n_tokens = sum(int(b["loss_mask"][:, 1:].sum()) for b in batches)
+        step_loss, finite = 0.0, True
+        for b in batches:
+            with compute_context(cfg.dtype, device):
+                logits = lm_logits(model, b)
+            loss = sft_loss(logits, b["labels"], b["loss_mask"], num_tokens=n_tokens)
+            if not bool(torch.isfinite(loss.detach())):  # NaN/Inf guard: no backward, the step is skipped
+                finite = False
+                break
+            loss.backward()
+            step_loss += float(loss.detach())
+        lr = scheduler.get_last_lr()[0]
+        norm, stepped = offline_step(r, finite)
+        if stepped:
+            loop.extra["train_loss"] = step_loss
+        bar_loss["loss"] = f"{step_loss:.4f}"
+        record: dict[str, Any] = {}
+        last = loop.step == total_steps
+        if loop.step % cfg.log_every == 0 or last or not stepped:
+            record |= {"step": loop.step, "epoch": epoch + (g + len(batches)) / max(1, n_micro),
+                       "loss": step_loss if stepped else float("nan"), "lr": lr, "grad_norm": float(norm),
+                       "tokens": n_tokens, "time/elapsed_s": round(loop.elapsed(), 3)}
+            if not stepped:
+                record["skipped"] = 1
+        if eval_ex and ((cfg.eval_every and loop.step % cfg.eval_every == 0) or last):
+            loop.extra["eval_loss"] = evaluate_sft(model, eval_ex, pad_id, completion_only=completion_only,
+                                                   batch_size=cfg.eval_batch_size)
+            record |= {"step": loop.step, "eval_loss": loop.extra["eval_loss"]}
+        loop.log(record)
+
+    bar_loss: dict[str, str] = {}
+    loop.run(step, progress_bar(total=total_steps, enabled=progress, desc="sft"), postfix=lambda: bar_loss)
     model.eval()
 
     # 4. save
     save_model_atomic(model, tokenizer, out_dir, extra_files={"tether_config.yaml": dump(cfg),
-                                                              "README.md": model_card("sft", cfg, metrics)},
+                                                              "README.md": model_card("sft", cfg, loop.history)},
                       keep=("metrics.jsonl", "checkpoints", *STAGE_LOG_FILES))
-    watch.close()
-    return SFTResult(output_dir=out_dir, eval_loss=eval_loss, train_loss=train_loss, steps=loop.step,
-                     metrics=metrics)
+    loop.monitor.close()
+    return SFTResult(output_dir=out_dir, eval_loss=loop.extra.get("eval_loss"),
+                     train_loss=loop.extra.get("train_loss"), steps=loop.step, metrics=loop.history)
 
 
 def _finished(out_dir: Path) -> SFTResult:
     """The result of a run that had already finished (read back from its metrics.jsonl)."""
-    print(f"tether: {out_dir} holds the finished run; nothing to do", file=sys.stderr, flush=True)
+    note(f"{out_dir} holds the finished run; nothing to do")
     metrics = read_jsonl(out_dir / "metrics.jsonl")
     losses = [m["loss"] for m in metrics if m.get("loss") is not None]
     evals = [m["eval_loss"] for m in metrics if m.get("eval_loss") is not None]

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
 
+from tether.console import say
 from tether.errors import TetherError
 
 MARKER = ".complete"
@@ -34,8 +35,6 @@ def cache_dir() -> Path:
 
 def step(message: str) -> None:
     """Print one progress line to stderr (always, TTY or not), above any progress bar being drawn."""
-    from tether.monitor.progress import say
-
     say(f"[tether] {message}")
 
 

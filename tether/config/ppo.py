@@ -176,7 +176,9 @@ class PPOConfig(Section):
     """Put −β·KL into the per-token reward (PPO) or add β·KL to the loss (GRPO style). In the loss use k3 (GRPO) or
     k2 (its gradient is that of the KL); k1 is refused there, its expected gradient being 0."""
     kl_log_ratio_clamp: Optional[float] = Field(None, gt=0)
-    """Clamp the per-token log-ratio to ±this before the estimator (guards k3's exp); null: no clamp."""
+    """Clamp the per-token log-ratio to ±this before the estimator (guards k3's exp). null: no clamp in the reward
+    (`kl_in: reward`), and ±10 in the KL loss (`kl_in: loss`), whose gradient an unclamped k3 can blow up; the one
+    rule is `kl_loss_log_ratio_clamp`."""
     score_placement: Literal["eos", "eos+1"] = "eos"
     """Token that receives the sequence score: the EOS, or the slot after it (N+/TRL compatibility)."""
     missing_eos_penalty: Optional[float] = None
@@ -276,3 +278,8 @@ class PPOConfig(Section):
     @property
     def uses_critic(self) -> bool:
         return self.advantage == "gae"
+
+    @property
+    def kl_loss_log_ratio_clamp(self) -> float:
+        """The log-ratio clamp of the KL loss (`kl_in: loss`): `kl_log_ratio_clamp`, or ±10 when that is null."""
+        return self.kl_log_ratio_clamp if self.kl_log_ratio_clamp is not None else 10.0

@@ -18,10 +18,10 @@ truncation drops the oldest text tokens and keeps the special prefix.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
+from tether.console import warn
 from tether.errors import DataError
 
 _PROBE = "a"
@@ -114,6 +114,5 @@ def check_prompt_lengths(tokenizer: Any, prompts: PromptSet, max_length: int, tr
         i = long[0]
         raise DataError(f"{prompts.where[i]}: the prompt has {lengths[i]} tokens, more than max_prompt_length="
                         f"{max_length} (prompt_truncation=error)")
-    print(f"tether: warning: {len(long)} of {len(prompts)} prompts exceed max_prompt_length={max_length} tokens "
-          f"(first: {prompts.where[long[0]]}); their oldest tokens are dropped (prompt_truncation=left)",
-          file=sys.stderr, flush=True)
+    warn(f"{len(long)} of {len(prompts)} prompts exceed max_prompt_length={max_length} tokens (first: "
+         f"{prompts.where[long[0]]}); their oldest tokens are dropped (prompt_truncation=left)")

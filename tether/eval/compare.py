@@ -20,11 +20,23 @@ import sys
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
 import torch
 from pydantic import Field, model_validator
 
+from tether.algos.parts import load_policy
+from tether import console
 from tether.config.base import OutputDir, Section
+from tether.console import library_bars
+from tether.console import progress as progress_bar
+from tether.data.readers import load_prompts
+from tether.engine.optim import derive_seed
 from tether.errors import ConfigError, ModelError
+from tether.eval.judges import get_judge
+from tether.eval.stats import prompt_bootstrap_ci, prompt_bootstrap_diff, prompt_win_rate
+from tether.models.load import load_tokenizer
+from tether.rewards.reward_model import RewardModelScorer, same_tokenizer
+from tether.rollout.generate import encode_prompts, generate, response_logprobs
 
 
 class EvalConfig(Section):
@@ -70,18 +82,9 @@ class EvalConfig(Section):
 
 
 def _load(path: str, progress: bool = True):
-    from tether.models.load import disable_dropout, ensure_pad_token, load_causal_lm, load_tokenizer
-    from tether.monitor.progress import library_bars
-
-    tok = load_tokenizer(path)
-    with library_bars(progress):
-        model = load_causal_lm(path)
-    ensure_pad_token(tok, "add")
-    from tether.models.load import resize_for_tokenizer
-
-    resize_for_tokenizer(model, tok)
-    tok.padding_side = "left"
-    return disable_dropout(model).eval(), tok
+    """A policy directory ready to sample from (the shared loader), in eval mode."""
+    model, tok = load_policy(path, pad_policy="add", progress=progress)
+    return model.eval(), tok
 
 
 def run_dirs(dirs: Union[str, list[str]]) -> list[str]:
@@ -92,8 +95,6 @@ def run_dirs(dirs: Union[str, list[str]]) -> list[str]:
 def score_cells(rows: list[dict], metric: str, n_prompts: int, n_samples: int):
     """``(R, P, K)`` float array of ``metric`` from one policy's rows (run-major, then prompt, then completion, as
     :func:`evaluate_policies` samples them; ``row["run"]`` is the run index); NaN where a row has no value."""
-    import numpy as np
-
     runs = 1 + max(int(r.get("run", 0)) for r in rows)
     x = np.full((runs, n_prompts, n_samples), np.nan)
     per_run: dict[int, int] = {}
@@ -107,10 +108,6 @@ def score_cells(rows: list[dict], metric: str, n_prompts: int, n_samples: int):
 
 
 def _ci(x, seed: int) -> dict:
-    import numpy as np
-
-    from tether.eval.stats import prompt_bootstrap_ci
-
     if np.isnan(x).all():
         return {"mean": None, "lo": None, "hi": None, "n": 0, "n_prompts": 0, "n_runs": int(x.shape[0])}
     iv = prompt_bootstrap_ci(x, seed=seed)
@@ -124,9 +121,6 @@ def sample_and_score(model, tok, ref, prompts: list[str], *, response_length: in
                      max_prompt_length: int, micro_batch_size: int, seed: int, bar=None) -> list[dict]:
     """Sample one completion per prompt row; return per-completion KL to ``ref`` and reference NLL.
     ``bar``: a progress bar advanced by the number of prompts of each batch."""
-    from tether.algos.batching import derive_seed
-    from tether.rollout.generate import encode_prompts, generate, response_logprobs
-
     rows: list[dict] = []
     for b, start in enumerate(range(0, len(prompts), micro_batch_size)):
         texts = prompts[start : start + micro_batch_size]
@@ -168,14 +162,6 @@ def evaluate_policies(policies: dict[str, Union[str, list[str]]], prompts: list[
     prompt scores higher than the baseline's (ties ½; :func:`tether.eval.stats.prompt_win_rate`). With
     ``output_dir``: writes ``results.json`` and ``samples.jsonl`` there.
     """
-    import numpy as np
-
-    from tether.eval.judges import get_judge
-    from tether.eval.stats import prompt_bootstrap_diff, prompt_win_rate
-    from tether.monitor.progress import library_bars
-    from tether.monitor.progress import progress as progress_bar
-    from tether.rewards.reward_model import RewardModelScorer, same_tokenizer
-
     if not policies:
         raise ConfigError("policies: give at least one name: directory")
     if not prompts:
@@ -303,16 +289,12 @@ def format_table(results: dict, n_examples: int = 3) -> str:
 
 def run_eval(cfg: EvalConfig) -> dict:
     """Evaluate as an ``EvalConfig`` says, print the table, write results.json and samples.jsonl."""
-    from tether.data.readers import load_prompts
-
     for name, dirs in cfg.policies.items():
         for path in run_dirs(dirs):
             if not (Path(path) / "config.json").is_file():
                 raise ModelError(f"{path}: policy {name!r} is not a model directory (no config.json)")
     if not (Path(cfg.reference) / "config.json").is_file():
         raise ModelError(f"{cfg.reference}: reference is not a model directory (no config.json)")
-    from tether.models.load import load_tokenizer
-
     prompts = load_prompts(cfg.prompts, load_tokenizer(cfg.reference))  # chat prompts through the policy's template
     if cfg.num_prompts is not None:
         prompts = prompts[: cfg.num_prompts]
@@ -320,5 +302,5 @@ def run_eval(cfg: EvalConfig) -> dict:
                             cfg.samples_per_prompt, cfg.temperature, cfg.seed, response_length=cfg.response_length,
                             max_prompt_length=cfg.max_prompt_length, micro_batch_size=cfg.micro_batch_size,
                             output_dir=cfg.output_dir)
-    print(format_table(res), flush=True)
+    console.out(format_table(res))
     return res

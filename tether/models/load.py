@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tether.errors import ModelError
-from tether.monitor.progress import library_bars
+from tether.console import library_bars
 
 PAD_TOKEN = "<|pad|>"
 

@@ -17,6 +17,16 @@ import torch
 from torch import nn
 
 TRAIN_DTYPES = ("float32", "bfloat16")
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                                  "float64": torch.float64}
+"""Every dtype name a config may spell, to its torch dtype (the one map)."""
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``"float32"``/``"bfloat16"``/``"float16"``/``"float64"`` → the torch dtype."""
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def _check(name: str) -> None:

@@ -7,8 +7,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from tether.console import library_bars
 from tether.models.forward import position_ids_from_mask
 from tether.models.load import disable_dropout
+from tether.ops.precision import to_compute
 
 
 class ValueModel(nn.Module):
@@ -31,7 +33,7 @@ class ValueModel(nn.Module):
     def values_from_hidden(self, hidden: Tensor) -> Tensor:
         """The head on a last hidden state computed elsewhere (a trunk shared with the policy). (B, L, d) → (B, L)."""
         out = self.head(hidden).squeeze(-1)
-        return out if out.dtype == torch.float64 else out.float()
+        return to_compute(out)
 
     @classmethod
     def from_pretrained_model(cls, model: nn.Module) -> "ValueModel":
@@ -65,8 +67,6 @@ class ValueModel(nn.Module):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         if trunk:
-            from tether.monitor.progress import library_bars
-
             with library_bars():  # transformers' "Writing model shards" bar only on a terminal
                 self.trunk.save_pretrained(str(out))
         save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(out / "value_head.safetensors"))

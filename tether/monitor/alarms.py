@@ -38,7 +38,7 @@ from typing import Any, Optional
 from tether.config.monitor import AlarmConfig
 from tether.errors import TrainingError
 
-#: ``eval/<name>`` keys that are not judges (written by :class:`tether.monitor.evaluate.HeldOutEvaluator`).
+#: ``eval/<name>`` keys that are not judges (written by :class:`tether.eval.heldout.HeldOutEvaluator`).
 EVAL_RESERVED = {"proxy", "kl", "sqrt_kl", "length_mean", "eos_fraction", "n"}
 
 REMEDIES: dict[str, str] = {

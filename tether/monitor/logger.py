@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +26,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tether.config.monitor import AlarmConfig, MonitorConfig
-from tether.monitor.alarms import Alarm, AlarmChecker
+from tether.console import warn
+from tether.errors import ConfigError
+from tether.monitor.alarms import Alarm, AlarmChecker, AlarmError, check_all, text_stats
+from tether.monitor.report import write_report
+from tether.monitor.run_files import library_versions, write_bytes_atomic, write_text_atomic
 
 
 @dataclass
@@ -40,53 +41,6 @@ class UpdateResult:
     metrics: dict[str, float] = field(default_factory=dict)
     alarms: list[Alarm] = field(default_factory=list)
     new: list[Alarm] = field(default_factory=list)
-    best: bool = False
-    """True when this update ran the held-out evaluation and it is the best so far: save the ``best`` checkpoint."""
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place (mode as for a new file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) atomically, as :func:`write_bytes_atomic`."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python, the platform and the libraries a run depends on (those installed)."""
-    from importlib import metadata
-
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("tether", "torch", "transformers", "accelerate", "safetensors", "pydantic", "numpy", "tqdm",
-                 "matplotlib", "tensorboard", "wandb"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            out["device"] = torch.cuda.get_device_name(0)
-        out["torch_threads"] = str(torch.get_num_threads())
-    except Exception:  # pragma: no cover - torch is a dependency
-        pass
-    return out
 
 
 def sample_table_markdown(rows: Sequence[Mapping[str, Any]], max_chars: int = 300) -> str:
@@ -122,15 +76,10 @@ class RunLogger:
 
     def __init__(self, run_dir: str | Path, config: Optional[MonitorConfig] = None, *, run_config: Any = None,
                  stage: str = "ppo", critic_warmup_updates: int = 0, step_key: str = "update",
-                 quiet: bool = False, evaluator: Any = None, num_updates: Optional[int] = None,
-                 autocast: str = "none"):
-        from tether.monitor.evaluate import BestTracker, default_best_metric
-
+                 quiet: bool = False, autocast: str = "none"):
         self.run_dir = Path(run_dir)
         self.cfg = config or MonitorConfig()
         self.stage, self.step_key, self.quiet = stage, step_key, quiet
-        self.evaluator, self.num_updates = evaluator, num_updates
-        self.best = BestTracker(self.cfg.best_metric or default_best_metric(self.cfg.judges), self.cfg.best_mode)
         self.checker = AlarmChecker(self.cfg.alarms.model_copy(update={"fatal": False}), critic_warmup_updates,
                                     autocast)
         self.calls = 0
@@ -169,8 +118,6 @@ class RunLogger:
 
     @staticmethod
     def _wandb_module():
-        from tether.errors import ConfigError
-
         try:
             import wandb
         except ImportError:
@@ -183,35 +130,22 @@ class RunLogger:
                           config=_plain_config(run_config) or {})
 
     # ----------------------------------------------------------------------------------------- per update
-    def eval_due(self, step: int) -> bool:
-        """True when the held-out evaluation runs at this update: every ``eval_every`` and at the last one."""
-        every = self.cfg.eval_every
-        return self.evaluator is not None and every > 0 and (step % every == 0 or step == self.num_updates)
-
     def on_update(self, metrics: Mapping[str, Any], samples: Optional[Sequence[Mapping[str, Any]]] = None,
-                  completions: Optional[Sequence[str]] = None, policy: Any = None) -> UpdateResult:
+                  completions: Optional[Sequence[str]] = None) -> UpdateResult:
         """Log one update (see the module docstring). ``samples``: rows ``{prompt, completion, score, <source>...}``
         to show as a table (pass them on the updates the trainer writes ``samples.jsonl``); ``completions``: every
-        completion of the rollout, for the degeneration statistics (default: those of ``samples``); ``policy``: the
-        policy after the update, evaluated on the held-out prompts when an evaluator is set and the update is due
-        (:meth:`eval_due`). Returns the metrics to add to ``metrics.jsonl`` (``text/*``, ``eval/*``), the alarms,
-        and whether this is the best evaluation so far."""
+        completion of the rollout, for the degeneration statistics (default: those of ``samples``). Returns the
+        metrics to add to ``metrics.jsonl`` (``text/*``) and the alarms."""
         if self.closed:
             raise RuntimeError("RunLogger.on_update after close()")
         self._start()
         self.calls += 1
         step = metrics.get(self.step_key)
         step = int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else self.calls
-        evaluated: dict[str, Any] = {}
-        if policy is not None and self.eval_due(step):
-            evaluated = dict(self.evaluator(policy))
-            metrics = {**metrics, **evaluated}
         if completions is None and samples:
             completions = [str(r.get("completion", "")) for r in samples]
         extra: dict[str, Any] = {}
         if completions is not None:
-            from tether.monitor.alarms import text_stats
-
             extra = text_stats(list(completions), self.cfg.alarms.ngram)
         record = {**metrics, **extra}
         self.last = record
@@ -240,28 +174,22 @@ class RunLogger:
                     f.write(json.dumps(a.as_dict()) + "\n")
             if not self.quiet:
                 for a in new:
-                    print(f"tether: warning: {a.message}", file=sys.stderr, flush=True)
+                    warn(a.message)
             if self.tb is not None:
                 self.tb.add_text("alarms", "\n\n".join(a.message for a in new), step)
         if alarms and self.cfg.alarms.fatal:
-            from tether.monitor.alarms import AlarmError
-
             self.close(report=True)
             raise AlarmError(f"stopped by an alarm (monitor.alarms.fatal=true): {alarms[0].message}")
-        numeric_extra = {k: v for k, v in {**evaluated, **extra}.items() if isinstance(v, (int, float))}
-        best = bool(evaluated) and self.best.update({**record, self.step_key: step})
-        return UpdateResult(numeric_extra, alarms, new, best)
+        numeric_extra = {k: v for k, v in extra.items() if isinstance(v, (int, float))}
+        return UpdateResult(numeric_extra, alarms, new)
 
     def resume(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """After a resume: take the run's earlier ``metrics.jsonl`` records into the alarm history and the best
-        tracker without logging them again, so trend alarms and the best checkpoint carry on where they were."""
+        """After a resume: take the run's earlier ``metrics.jsonl`` records into the alarm history without logging
+        them again, so trend alarms carry on where they were."""
         for r in records:
             self.checker.observe(r)
-            self.best.update(r)
             self.calls += 1
         if self.checker.cfg.enabled and self.checker.history:
-            from tether.monitor.alarms import check_all
-
             now = check_all(self.checker.history, self.checker.cfg, self.checker.critic_warmup_updates,
                             self.checker.autocast)
             self.checker.active = {(a.name, a.metric) for a in now}
@@ -296,13 +224,11 @@ class RunLogger:
         if not (self.cfg.report if report is None else report):
             return None
         try:
-            from tether.monitor.report import write_report
-
             return write_report([self.run_dir], self.run_dir / "report.html")
         except ImportError as err:
-            print(f"tether: warning: report not written ({err}); pip install 'tether[report]'", file=sys.stderr)
+            warn(f"report not written ({err}); pip install 'tether[report]'")
         except (OSError, ValueError) as err:
-            print(f"tether: warning: report not written: {err}", file=sys.stderr)
+            warn(f"report not written: {err}")
         return None
 
     def __enter__(self) -> RunLogger:

@@ -29,6 +29,7 @@ import yaml
 
 from tether.errors import DataError
 from tether.monitor.alarms import THRESHOLD_FIELDS, judge_keys, replay
+from tether.monitor.run_files import library_versions, write_bytes_atomic, write_text_atomic
 from tether.monitor.report_panels import OVEROPT_NOTE, OVEROPT_TITLE, PLOT_IDS, has_stage, panel
 
 # --------------------------------------------------------------------------------------------------- reading runs
@@ -457,8 +458,6 @@ def _config_html(runs: Sequence[RunData]) -> str:
 
 
 def _versions_html(runs: Sequence[RunData]) -> str:
-    from tether.monitor.logger import library_versions
-
     parts = []
     for r in runs:
         v = (r.info or {}).get("versions")
@@ -536,7 +535,6 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, *, title: Opti
     """Write the HTML report of ``run_dirs`` to ``out`` (atomically); with ``png``, also the main plots as one
     image. Returns ``out``. One-line ``DataError`` for a directory that is not a run; ``ImportError`` naming the
     extra to install when plotly (or, for ``png``, matplotlib) is missing."""
-    from tether.monitor.logger import write_bytes_atomic, write_text_atomic
     from tether.monitor.report_figures import require_plotly, summary_png
 
     if not run_dirs:

@@ -34,6 +34,7 @@ from tether.ops.masking import (
     response_mask_from_eos,
     truncate_after_eos,
 )
+from tether.ops.precision import compute_dtype, to_compute
 from tether.ops.rewards import (
     apply_missing_eos_penalty,
     clip_scores,

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from tether.ops._checks import as_mask, in_range, same_shape
 from tether.ops.masking import masked_whiten
+from tether.ops.precision import compute_dtype
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95) -> tuple[Tensor, Tensor]:
@@ -32,7 +33,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: 
     in_range(gamma, "gamma", 0.0, 1.0)
     in_range(lam, "lam", 0.0, 1.0)
     mask = as_mask(mask)
-    dtype = torch.float64 if rewards.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(rewards)
     m = mask.to(dtype)
     # torch.where, not a product: a NaN/Inf left in a pad column must not leak into valid tokens (NaN·0 = NaN).
     zero = torch.zeros((), dtype=dtype, device=rewards.device)
@@ -62,7 +63,7 @@ def _broadcast(seq_adv: Tensor, mask: Tensor) -> Tensor:
 
 
 def _returns(rewards: Tensor, mask: Tensor) -> Tensor:
-    dtype = torch.float64 if rewards.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(rewards)
     return torch.where(mask, rewards.to(dtype), 0.0).sum(1)
 
 
@@ -130,7 +131,7 @@ def _reinforce_pp_estimator(rewards, values, mask, scores, *, gamma, lam, group_
 def _reinforce_pp_baseline_estimator(rewards, values, mask, scores, *, gamma, lam, group_size, eps):
     """REINFORCE++-baseline: subtract each group's mean score first, then return-to-go and global whitening."""
     mask = as_mask(mask)
-    dtype = torch.float64 if rewards.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(rewards)
     s = scores.to(dtype)
     g = _groups(s, group_size)
     shift = (g.mean(dim=1, keepdim=True).expand_as(g)).reshape(-1)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from tether.ops._checks import as_mask, nonempty, same_shape
+from tether.ops.precision import compute_dtype
 
 AggregationMode = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"]
 AGGREGATION_MODES: tuple[str, ...] = (
@@ -46,7 +47,7 @@ def aggregate(
     same_shape(per_token=per_token, mask=mask)
     mask = as_mask(mask)
     nonempty(mask)
-    dtype = torch.float64 if per_token.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(per_token)
     x = torch.where(mask, per_token.to(dtype), torch.zeros((), dtype=dtype, device=per_token.device))
     n_tok = float(mask.sum()) if num_tokens is None else float(num_tokens)
     n_seq = float(mask.shape[0]) if num_seqs is None else float(num_seqs)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from tether.ops._checks import positive, same_shape
+from tether.ops.precision import compute_dtype
 
 KLEstimator = Literal["k1", "k2", "k3"]
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
@@ -36,7 +37,7 @@ def kl_penalty(
     same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs)
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
-    dtype = torch.float64 if logprobs.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(logprobs)
     log_r = ref_logprobs.to(dtype) - logprobs.to(dtype)
     if log_ratio_clamp is not None:
         positive(log_ratio_clamp, "log_ratio_clamp")

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from tether.ops._checks import positive
+from tether.ops.precision import compute_dtype
 
 DEFAULT_CHUNK = 1024
 
@@ -41,7 +42,7 @@ def logprobs_from_logits(
     vocab = logits.shape[-1]
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
         raise ValueError(f"token ids must lie in [0, {vocab}), got [{int(tokens.min())}, {int(tokens.max())}]")
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(logits)
     flat_logits = logits.reshape(-1, vocab)
     flat_tokens = tokens.reshape(-1)
     out = []
@@ -65,7 +66,7 @@ def entropy_from_logits(logits: Tensor, temperature: float = 1.0, chunk_size: in
     """
     _check(logits, temperature, chunk_size)
     vocab = logits.shape[-1]
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(logits)
     flat = logits.reshape(-1, vocab)
     out = []
     for start in range(0, flat.shape[0], chunk_size):

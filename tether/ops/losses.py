@@ -16,10 +16,7 @@ from tether.ops._checks import as_mask, positive, same_shape
 from tether.ops.aggregate import AggregationMode, aggregate
 from tether.ops.kl import KLEstimator, kl_penalty
 from tether.ops.masking import masked_mean
-
-
-def _f(x: Tensor) -> Tensor:
-    return x if x.dtype == torch.float64 else x.float()
+from tether.ops.precision import to_compute
 
 
 def clipped_policy_loss(
@@ -51,9 +48,9 @@ def clipped_policy_loss(
     if dual_clip is not None and not dual_clip > 1.0:
         raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
     mask = as_mask(response_mask)
-    log_ratio = torch.where(mask, _f(new_logprobs) - _f(old_logprobs), 0.0)
+    log_ratio = torch.where(mask, to_compute(new_logprobs) - to_compute(old_logprobs), 0.0)
     ratio = torch.exp(log_ratio)
-    adv = _f(advantages)
+    adv = to_compute(advantages)
     loss1 = -adv * ratio
     loss2 = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(loss1, loss2)
@@ -94,7 +91,7 @@ def clipped_value_loss(
     mask = as_mask(mask)
     # Zero the pads first: a NaN/Inf there would otherwise reach new_values' gradient (0·NaN = NaN) and, through
     # backprop, every critic parameter.
-    v, v_old, g = (torch.where(mask, _f(t), 0.0) for t in (new_values, old_values, returns))
+    v, v_old, g = (torch.where(mask, to_compute(t), 0.0) for t in (new_values, old_values, returns))
     unclipped = (v - g) ** 2
     if clip is None:
         per_token = unclipped
@@ -144,7 +141,7 @@ def kl_loss(
     same_shape(new_logprobs=new_logprobs, ref_logprobs=ref_logprobs, mask=mask)
     mask = as_mask(mask)
     # Pads become log r = 0 (k = 0) before exp(), so garbage there cannot overflow into a NaN gradient.
-    new, ref = (torch.where(mask, _f(t), 0.0) for t in (new_logprobs, ref_logprobs))
+    new, ref = (torch.where(mask, to_compute(t), 0.0) for t in (new_logprobs, ref_logprobs))
     kl = kl_penalty(new, ref, estimator, log_ratio_clamp)
     return aggregate(kl, mask, mode, num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len)
 
@@ -160,9 +157,9 @@ def bradley_terry_loss(
     same_shape(chosen_scores=chosen_scores, rejected_scores=rejected_scores)
     if chosen_scores.numel() == 0:
         raise ValueError("bradley_terry_loss needs at least one pair")
-    diff = _f(chosen_scores) - _f(rejected_scores)
+    diff = to_compute(chosen_scores) - to_compute(rejected_scores)
     if margin is not None:
-        diff = diff - (margin if isinstance(margin, (int, float)) else _f(margin))
+        diff = diff - (margin if isinstance(margin, (int, float)) else to_compute(margin))
     # −logsigmoid, not softplus(−diff): F.softplus switches to the identity above 20 (error up to 8e-10 in fp64).
     loss = -F.logsigmoid(diff).mean()
     with torch.no_grad():
@@ -194,7 +191,7 @@ def dpo_loss(
     positive(beta, "beta")
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
-    h = (_f(policy_chosen_logps) - _f(ref_chosen_logps)) - (_f(policy_rejected_logps) - _f(ref_rejected_logps))
+    h = (to_compute(policy_chosen_logps) - to_compute(ref_chosen_logps)) - (to_compute(policy_rejected_logps) - to_compute(ref_rejected_logps))
     if kind == "sigmoid":
         loss = (
             -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)

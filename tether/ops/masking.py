@@ -9,10 +9,7 @@ import torch
 from torch import Tensor
 
 from tether.ops._checks import as_mask, nonempty, same_shape
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+from tether.ops.precision import to_compute
 
 
 def first_true_index(bools: Tensor, dim: int = -1) -> Tensor:
@@ -63,7 +60,7 @@ def masked_sum(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     """
     same_shape(values=values, mask=mask)
     mask = as_mask(mask)
-    x = torch.where(mask, values.to(_compute_dtype(values)), 0.0)
+    x = torch.where(mask, to_compute(values), 0.0)
     return x.sum() if dim is None else x.sum(dim=dim)
 
 

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from tether.ops._checks import as_mask, positive, same_shape
 from tether.ops.masking import masked_whiten
+from tether.ops.precision import compute_dtype
 
 ScorePlacement = Literal["eos", "eos+1"]
 MissingEOSMode = Literal["subtract", "replace"]
@@ -69,7 +70,7 @@ def shape_rewards(
     if kl_coef < 0:
         raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
     mask = as_mask(response_mask)
-    dtype = torch.float64 if kl.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(kl)
     rewards = torch.where(mask, -kl_coef * kl.to(dtype), torch.zeros((), dtype=dtype, device=kl.device))
     idx = score_index(mask, placement)
     return rewards.scatter_add(1, idx.unsqueeze(1), scores.to(dtype).unsqueeze(1))

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from tether.ops._checks import as_mask, same_shape
 from tether.ops.masking import masked_mean, masked_var
+from tether.ops.precision import compute_dtype, to_compute
 
 
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
@@ -26,7 +27,7 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
 def sequence_sum(per_token: Tensor, mask: Tensor) -> Tensor:
     """Per-row sum over valid tokens. Shapes: (B, R) → (B,)."""
     same_shape(per_token=per_token, mask=mask)
-    return torch.where(as_mask(mask), per_token.float() if per_token.dtype != torch.float64 else per_token, 0.0).sum(1)
+    return torch.where(as_mask(mask), to_compute(per_token), 0.0).sum(1)
 
 
 def mean_sequence_kl(kl: Tensor, mask: Tensor) -> Tensor:
@@ -40,6 +41,6 @@ def mean_sequence_kl(kl: Tensor, mask: Tensor) -> Tensor:
 def approx_kl(new_logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
     """k2 approximation ``½·mean((logp_new − logp_old)²)`` over valid tokens. Shapes: (B, R) → scalar."""
     same_shape(new_logprobs=new_logprobs, old_logprobs=old_logprobs, mask=mask)
-    dtype = torch.float64 if new_logprobs.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(new_logprobs)
     d = new_logprobs.to(dtype) - old_logprobs.to(dtype)
     return masked_mean(0.5 * d**2, mask)

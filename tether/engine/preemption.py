@@ -9,9 +9,10 @@ writes are atomic). Outside the main thread signal handlers cannot be installed,
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from typing import Any, Optional
+
+from tether.console import note
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -29,8 +30,8 @@ class StopRequest:
         if self.requested is not None:
             raise KeyboardInterrupt(f"{name} received twice")
         self.requested = name
-        print(f"tether: {name} received: finishing the current step, then writing a checkpoint and stopping "
-              f"(send it again to abort at once)", file=sys.stderr, flush=True)
+        note(f"{name} received: finishing the current step, then writing a checkpoint and stopping (send it again "
+             "to abort at once)")
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():

@@ -1,7 +1,8 @@
-"""Progress bars (tqdm) that show on a terminal and stay silent otherwise, so CI logs keep one line per event.
+"""Talking to the user, written once: messages, warnings and progress bars on stderr.
 
-Every long step of tether (asset building, SFT, RM, PPO, evaluation) uses :func:`progress`; the trainers' own
-``tether.algos.common.progress_bar`` follows the same rule.
+Every line goes through ``tqdm.write``, so it never breaks a bar being drawn; bars show on a terminal and stay silent
+otherwise, so CI logs keep one line per event. This is a base module: models, assets, data, engine, algos and the
+monitor import it; it imports nothing of tether.
 """
 
 from __future__ import annotations
@@ -20,6 +21,32 @@ def on_terminal(stream: Optional[TextIO] = None) -> bool:
         return False
 
 
+def say(message: str) -> None:
+    """``message`` as one line on stderr that does not break a bar being drawn; printed on a terminal or not."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+    sys.stderr.flush()
+
+
+def out(message: str) -> None:
+    """``message`` on stdout (results and stage summaries), flushed, without breaking a bar on stderr."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def note(message: str) -> None:
+    """``tether: <message>`` on stderr (:func:`say`)."""
+    say(f"tether: {message}")
+
+
+def warn(message: str) -> None:
+    """``tether: warning: <message>`` on stderr (:func:`say`)."""
+    say(f"tether: warning: {message}")
+
+
 def progress(iterable: Any = None, *, total: Optional[int] = None, desc: Optional[str] = None,
              enabled: bool = True, unit: str = "it", leave: bool = False):
     """A tqdm bar on stderr with ETA when ``enabled`` and stderr is a terminal; a silent stand-in otherwise (it
@@ -28,14 +55,6 @@ def progress(iterable: Any = None, *, total: Optional[int] = None, desc: Optiona
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True, file=sys.stderr,
                 disable=not (enabled and on_terminal()))
-
-
-def say(message: str) -> None:
-    """One line on stderr that does not break a bar being drawn (``tqdm.write``); printed on a terminal or not."""
-    from tqdm.auto import tqdm
-
-    tqdm.write(message, file=sys.stderr)
-    sys.stderr.flush()
 
 
 @contextlib.contextmanager

@@ -21,18 +21,23 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from tether import ops
+from tether.data.readers import load_prompts
+from tether.engine.optim import derive_seed
+from tether.errors import ConfigError, RewardError
+from tether.eval.judges import get_judge
+from tether.records import Rollout
+from tether.rewards.base import combine_scores, import_callable
+from tether.rollout.generate import encode_prompts, generate, pure_sampling, response_logprobs, sampling_config
+
 JudgeLike = Union[str, Callable[[list[str]], Any]]
 
 
 def _judge(j: JudgeLike) -> tuple[str, Callable[[list[str]], Any]]:
     """(name, callable) of a judge given as a name (``vader``), a ``module:function`` string, or a callable."""
     if isinstance(j, str) and ":" in j:
-        from tether.rewards.base import import_callable
-
         return j.split(":", 1)[1], import_callable(j)
     if isinstance(j, str):
-        from tether.eval.judges import get_judge
-
         return j, get_judge(j)
     if not callable(j):
         raise TypeError(f"a judge is a name ('vader', 'textblob', 'afinn') or a callable, got {type(j).__name__}")
@@ -52,8 +57,6 @@ class HeldOutEvaluator:
                  judges: Sequence[JudgeLike] = (), reference: Optional[nn.Module] = None,
                  response_length: int = 32, temperature: float = 0.7, greedy: bool = False,
                  max_prompt_length: int = 128, micro_batch_size: int = 16, seed: int = 0):
-        from tether.errors import ConfigError
-
         self.prompts = [p for p in prompts]
         if not self.prompts:
             raise ConfigError("eval_prompts: the held-out prompt set is empty")
@@ -76,9 +79,6 @@ class HeldOutEvaluator:
 
     def __call__(self, policy: nn.Module) -> dict[str, float]:
         """Evaluate ``policy``; returns the ``eval/*`` metrics (means over the held-out prompts)."""
-        from tether.rewards.base import combine_scores
-        from tether.rollout.generate import encode_prompts, generate, response_logprobs
-
         rows: list[dict[str, Any]] = []
         kls: list[float] = []
         was_training = policy.training
@@ -113,8 +113,6 @@ class HeldOutEvaluator:
         for name, fn in self.judges.items():
             scores = [float(s) for s in fn(comps)]
             if len(scores) != len(rows):
-                from tether.errors import RewardError
-
                 raise RewardError(f"judge {name!r}: returned {len(scores)} scores for {len(rows)} completions")
             for r, s in zip(rows, scores):
                 r[name] = s
@@ -133,18 +131,12 @@ class HeldOutEvaluator:
 
 
 def _seed(seed: int, batch: int) -> int:
-    from tether.algos.batching import derive_seed
-
     return derive_seed(seed, "heldout", batch)
 
 
 @torch.no_grad()
 def _greedy(policy: nn.Module, tokenizer: Any, batch, response_length: int, micro_batch_size: int):
     """Greedy completions packaged as a ``Rollout`` (log-probs at T=1)."""
-    from tether import ops
-    from tether.records import Rollout
-    from tether.rollout.generate import pure_sampling, response_logprobs, sampling_config
-
     policy.eval()
     gen = sampling_config(policy, tokenizer, response_length=response_length, temperature=1.0, stop_at_eos=True)
     gen = copy.deepcopy(gen)
@@ -206,3 +198,48 @@ class BestTracker:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore after a resume (same metric and mode expected)."""
         self.best, self.best_update = state.get("best"), state.get("best_update")
+
+
+class HeldOut:
+    """Held-out evaluation as the run loop calls it (``tether.engine.loop.HeldOut``): due every ``every`` updates
+    and at the last (``total``), it evaluates ``policy`` with ``evaluator`` and keeps the best result in ``best``.
+    """
+
+    def __init__(self, evaluator: HeldOutEvaluator, policy: nn.Module, *, every: int, total: int,
+                 best: BestTracker):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.evaluator, self.policy, self.every, self.total, self.best = evaluator, policy, every, total, best
+
+    def due(self, step: int) -> bool:
+        """True when the evaluation runs after update ``step``."""
+        return step % self.every == 0 or step == self.total
+
+    def __call__(self) -> dict[str, float]:
+        """The ``eval/*`` metrics of the policy as it is now (numbers only)."""
+        return {k: v for k, v in self.evaluator(self.policy).items() if isinstance(v, (int, float))}
+
+    def is_best(self, record: Mapping[str, Any]) -> bool:
+        """Whether ``record`` holds the best evaluation so far (the first one always is)."""
+        return self.best.update(record)
+
+
+def ppo_heldout(cfg: Any, policy: nn.Module, tokenizer: Any, rewards: Sequence[Any], reference: nn.Module,
+                judges: Optional[Sequence[JudgeLike]] = None) -> Optional[HeldOut]:
+    """The held-out evaluation a PPO config's ``monitor`` section asks for (None when ``eval_every`` is 0):
+    ``eval_prompts`` scored with the training reward, the judges (``judges`` replaces ``monitor.judges``, the Python
+    API) and the KL to ``reference``. One-line ``ConfigError`` when evaluation is asked without a prompt file."""
+    mon = cfg.monitor
+    if mon.eval_every <= 0:
+        return None
+    if not mon.eval_prompts:
+        raise ConfigError("monitor.eval_prompts: required when monitor.eval_every > 0 (a held-out prompt file)")
+    judges = mon.judges if judges is None else list(judges)
+    prompts = load_prompts(mon.eval_prompts, tokenizer)[: mon.eval_num_prompts]
+    evaluator = HeldOutEvaluator(
+        prompts, tokenizer, rewards=rewards, judges=judges, reference=reference,
+        response_length=cfg.response_length, temperature=cfg.temperature, greedy=mon.eval_greedy,
+        max_prompt_length=cfg.max_prompt_length, micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
+    )
+    best = BestTracker(mon.best_metric or default_best_metric(judges), mon.best_mode)
+    return HeldOut(evaluator, policy, every=mon.eval_every, total=cfg.num_updates, best=best)

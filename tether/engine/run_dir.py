@@ -16,7 +16,6 @@ Every stage (SFT, RM, PPO) uses one :class:`RunDir`. The rules (docs/reliability
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,9 +25,13 @@ import yaml
 from pydantic import BaseModel
 from torch import nn
 
-from tether import checkpoint as ckpt
-from tether.algos.common import recover_model_dir
 from tether.config.base import dump
+from tether.config.ppo import PPOConfig
+from tether.config.rm import RMConfig
+from tether.config.sft import SFTConfig
+from tether.console import note
+from tether.engine import checkpoint as ckpt
+from tether.engine.outputs import recover_model_dir
 from tether.errors import CheckpointError
 
 CHECKPOINTS = "checkpoints"
@@ -60,10 +63,6 @@ def config_change(saved: Mapping[str, Any], cfg: BaseModel) -> Optional[str]:
             return (f"{k} was {_short(saved.get(k))}, now {_short(current.get(k))}, and the "
                     f"{current.get('lr_schedule')} learning-rate schedule depends on the run length")
     return None
-
-
-def _say(msg: str) -> None:
-    print(f"tether: {msg}", file=sys.stderr, flush=True)
 
 
 class RunDir:
@@ -177,7 +176,7 @@ class RunDir:
                 found = ckpt.open_checkpoint(path)
             except CheckpointError as err:
                 bad.append(str(err))
-                _say(f"warning: skipping an unusable checkpoint: {err}")
+                note(f"warning: skipping an unusable checkpoint: {err}")
                 continue
             self._check_meta(path, found.meta)
             return found
@@ -214,7 +213,7 @@ class RunDir:
             return None
         for path in ckpt.list_checkpoints(self.root):
             if path.resolve() != found.path.resolve() and (ckpt.step_of(path) or 0) >= found.step:
-                _say(f"warning: discarding {path}, newer than the checkpoint resumed from")
+                note(f"warning: discarding {path}, newer than the checkpoint resumed from")
                 ckpt.discard(path)
         for log in self.logs:
             data = found.read_bytes(log)
@@ -225,7 +224,7 @@ class RunDir:
         if found.path.parent.resolve() == self.root.resolve():
             ckpt.atomic_write_text(self.root / ckpt.LATEST, found.path.name + "\n")
         self.marker.unlink(missing_ok=True)  # the model there (if any) is not the one this run will end with
-        _say(f"resuming from {found.path} ({self.unit} {found.step})")
+        note(f"resuming from {found.path} ({self.unit} {found.step})")
         return found
 
     def check_total(self, total: int) -> None:
@@ -275,10 +274,6 @@ MARKER = "tether_config.yaml"
 def stage_run_dir(cfg: BaseModel, *, restart: bool = False) -> RunDir:
     """The :class:`RunDir` of an SFT, RM or PPO config, with that stage's layout: SFT and RM save their model in
     ``output_dir`` itself, PPO in ``output_dir/final``; PPO's checkpoints also carry ``samples.jsonl``."""
-    from tether.config.ppo import PPOConfig
-    from tether.config.rm import RMConfig
-    from tether.config.sft import SFTConfig
-
     out = Path(cfg.output_dir)
     if isinstance(cfg, PPOConfig):
         return RunDir(out, cfg, stage="ppo", unit="update", marker=out / "final" / MARKER,

@@ -1,0 +1,177 @@
+"""``PPOTrainer``: the PPO update (``tether.algos.ppo``) over the parts ``tether.algos.parts`` loads, inside the run
+loop every stage shares (``tether.engine.loop``: checkpoints, resume, pre-emption, the NaN/Inf stop,
+docs/reliability.md), watched by the monitor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from torch import nn
+
+from tether import ops
+from tether.engine.optim import derive_seed
+from tether.algos.parts import load_ppo_parts
+from tether.algos.ppo import PPOState, ppo_update
+from tether.config.base import dump
+from tether.config.ppo import PPOConfig
+from tether.console import note, progress
+from tether.engine.checkpoint import check_finite
+from tether.engine.loop import RunLoop
+from tether.engine.optim import build_optimizer, build_scheduler, set_seed
+from tether.engine.outputs import save_model_atomic
+from tether.engine.run_dir import stage_run_dir
+from tether.errors import ConfigError
+from tether.eval.heldout import ppo_heldout
+from tether.monitor.hooks import ppo_monitor, preflight
+from tether.models.card import model_card
+from tether.monitor.logger import RunLogger
+
+
+class PPOTrainer:
+    """Train ``policy`` against ``reward`` with PPO (or a critic-free estimator), tethered to a frozen reference.
+
+    Arguments given here take precedence over the paths in ``config``: ``policy`` a directory or a loaded causal LM;
+    ``reward`` a reward-model directory, a callable ``(prompts, completions) -> floats``, or a list of those or of
+    ``(source, weight)`` pairs; ``prompts`` a list of strings, a file path or a ``datasets.Dataset``.
+
+    A trainer built on an ``output_dir`` that holds checkpoints continues from the newest one (``config.resume``);
+    ``restart=True`` discards an earlier run there instead (the pipeline's ``force``).
+    """
+
+    def __init__(
+        self,
+        config: PPOConfig,
+        *,
+        policy: Any = None,
+        tokenizer: Any = None,
+        reward: Any = None,
+        prompts: Any = None,
+        reference: Optional[nn.Module] = None,
+        critic: Optional[nn.Module] = None,
+        restart: bool = False,
+    ):
+        self.cfg = cfg = config
+        self.output_dir = Path(cfg.output_dir)
+        self.run = stage_run_dir(cfg, restart=restart)
+        set_seed(derive_seed(cfg.seed, "init", 0))  # torch, and Python/NumPy for rewards that draw from them
+        parts = load_ppo_parts(cfg, policy=policy, tokenizer=tokenizer, reward=reward, prompts=prompts,
+                               reference=reference, critic=critic)
+        kl_ctl = (ops.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+                  if cfg.kl_controller == "adaptive" else ops.FixedKLController(cfg.kl_coef))
+        self.state = PPOState(cfg=cfg, policy=parts.policy, tokenizer=parts.tokenizer, reference=parts.reference,
+                              critic=parts.critic, rewards=parts.rewards, prompts=parts.prompts, kl_ctl=kl_ctl,
+                              optimizers={}, schedulers={})
+        self._build_optimizers()
+        self.loop = RunLoop(self.run, total=cfg.num_updates, models=self.state.models(),
+                            optimizers=self.state.optimizers, schedulers=self.state.schedulers,
+                            stateful={"kl_ctl": kl_ctl}, checkpoint_every=cfg.checkpoint_every,
+                            keep_checkpoints=cfg.keep_checkpoints, max_consecutive_skips=cfg.max_consecutive_skips,
+                            skip_noun="update",
+                            skip_phrase="without an optimizer step (last cause: {reason})", samples_log="samples.jsonl")
+        # 0. watch: pre-flight checks (tether doctor's fast subset), then logs, held-out evaluation, alarms
+        self.monitor: Optional[RunLogger] = None
+        if not self.run.finished:
+            if cfg.monitor.preflight:
+                preflight(self)
+            self.monitor = ppo_monitor(self)
+            heldout = ppo_heldout(cfg, self.policy, self.tokenizer, self.rewards, self.ref)
+            self.loop.watch(self.monitor, heldout, save_best=lambda: self.save(self.output_dir / "best"))
+
+    # ---------------------------------------------------------------- the parts, as attributes
+    policy = property(lambda self: self.state.policy)
+    tokenizer = property(lambda self: self.state.tokenizer)
+    ref = property(lambda self: self.state.reference)
+    critic = property(lambda self: self.state.critic)
+    rewards = property(lambda self: self.state.rewards)
+    prompts = property(lambda self: self.state.prompts)
+    kl_ctl = property(lambda self: self.state.kl_ctl)
+    plan = property(lambda self: self.state.plan)
+    optimizers = property(lambda self: self.state.optimizers)
+    schedulers = property(lambda self: self.state.schedulers)
+
+    @property
+    def update(self) -> int:
+        """Updates done."""
+        return self.loop.step
+
+    @property
+    def history(self) -> list[dict]:
+        """The metrics of every update (also those before a resume)."""
+        return self.loop.history
+
+    @property
+    def skip_streak(self) -> int:
+        """Updates in a row in which no optimizer step could be taken (non-finite reward, loss or gradient)."""
+        return self.loop.skip_streak
+
+    def _build_optimizers(self) -> None:
+        cfg, st = self.cfg, self.state
+        models = {"policy": (st.policy, cfg.lr)}
+        if st.critic is not None:
+            models["critic"] = (st.critic_own, cfg.critic_lr)
+        for name, (model, lr) in models.items():
+            params = [p for p in model.parameters() if p.requires_grad]
+            st.optimizers[name] = build_optimizer(params, lr, cfg.weight_decay, eps=cfg.adam_eps)
+            # the policy's schedule runs over the updates that train it (not the critic warm-up)
+            total = cfg.num_updates - (cfg.critic_warmup_updates if name == "policy" else 0)
+            st.schedulers[name] = build_scheduler(st.optimizers[name], cfg.lr_schedule, cfg.warmup_updates, total)
+
+    # ---------------------------------------------------------------- one update, the run
+    def step(self) -> dict[str, float]:
+        """Run one PPO update (rollout, scoring, epochs of minibatch updates), log it and return its metrics."""
+        cfg, u = self.cfg, self.loop.step
+        if u >= cfg.num_updates:
+            raise ConfigError(f"{self.output_dir}: all num_updates={cfg.num_updates} updates are done; raise "
+                              "num_updates to train further")
+        out = ppo_update(self.state, u)
+        self.loop.advance(skipped=out.skipped, reason=out.reason)
+        rollout = out.scored.rollout
+        return self.loop.log(out.metrics, samples=self._samples(out), completions=rollout.completions)
+
+    def _samples(self, out) -> Optional[list[dict]]:
+        """The sample-table rows of this update (every ``sample_every`` updates and the first), else None."""
+        every, n, u = self.cfg.sample_every, self.cfg.num_samples_logged, self.loop.step
+        if not (every and n and (u % every == 0 or u == 1)):
+            return None
+        ro, scores, parts = out.scored.rollout, out.scored.scores, out.scored.parts
+        return [{"update": u, "prompt": ro.prompts[i], "completion": ro.completions[i], "score": float(scores[i]),
+                 **{k: float(v[i]) for k, v in parts.items()}} for i in range(min(n, len(ro.prompts)))]
+
+    def train(self) -> list[dict[str, float]]:
+        """Run the remaining updates up to ``num_updates`` with checkpoints every ``checkpoint_every`` and at the end,
+        then save the final model. Returns the metrics of every update (also those before a resume).
+
+        SIGTERM/Ctrl-C: the current update finishes, a checkpoint is written and ``Preempted`` is raised; a second
+        signal aborts with ``KeyboardInterrupt``. ``max_consecutive_skips`` updates in a row without an optimizer step
+        (NaN/Inf) raise ``TrainingError``, leaving the last checkpoint as it was. A finished run returns at once.
+        """
+        cfg = self.cfg
+        if self.run.finished:
+            note(f"{self.output_dir / 'final'} holds the finished run ({cfg.num_updates} updates); nothing to do")
+            return self.history
+        bar = progress(total=cfg.num_updates, desc="ppo", enabled=cfg.progress, unit="update")
+        self.loop.run(self.step, bar, postfix=self.monitor.postfix)
+        try:
+            self.save(self.output_dir / "final")
+        except BaseException:
+            self.monitor.close(report=False)
+            raise
+        self.monitor.close()  # writes report.html
+        return self.history
+
+    def save_checkpoint(self) -> Path:
+        """Checkpoint the run as it stands: weights, optimizer/scheduler/KL-controller/RNG state, logs, config."""
+        return self.loop.save()
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Policy (and critic under ``critic/``; only its head with ``critic_mode=shared``) in ``save_pretrained``
+        format with the tokenizer and resolved config, swapped in whole (``save_model_atomic``); non-finite weights
+        are refused."""
+        check_finite(self.state.models())
+        critic, trunk = self.state.critic, not self.state.shared
+        out = Path(out_dir)
+        files = {"tether_config.yaml": dump(self.cfg), "README.md": model_card("ppo", self.cfg, self.history)}
+        save_model_atomic(self.policy, self.tokenizer, out, extra_files=files,
+                          before_swap=(lambda tmp: critic.save(tmp / "critic", trunk)) if critic is not None else None)
+        return out
