@@ -89,7 +89,7 @@ def test_rm_on_hh_shaped_gz_pairs_scores_the_same_in_plain_transformers(tmp_path
     with torch.no_grad():
         ours = sequence_scores(plain, ids, mask)
         theirs = plain(input_ids=ids, attention_mask=mask).logits[:, 0]
-    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-6)  # float32: the two forwards may round differently
     card = (res.output_dir / "README.md").read_text()
     assert _front_matter(res.output_dir / "README.md")["tags"][-1] == "reward-model"
     assert "(transformer.ln_f.bias): plain `AutoModelForSequenceClassification` gives the same scores" in card
