@@ -272,3 +272,21 @@ def test_pipeline_resumes_the_interrupted_stage(tiny_policy, data_dir, tmp_path,
     assert "[sft] skipped" in said.out and "[rm] skipped" in said.out and "resuming from" in said.err
     assert outcome("ppo", out / "ppo") == outcome("ppo", ref / "ppo")
     assert tensor_hash(out / "rm" / "model.safetensors") == tensor_hash(ref / "rm" / "model.safetensors")
+
+
+def test_tensorboard_shows_one_curve_after_a_kill_and_resume(tiny_policy, data_dir, tmp_path, capsys):  # noqa: F811
+    """Killed after update 3 with the newest checkpoint at update 2, the resumed process logs updates 3-5 again;
+    TensorBoard must show each update once (the resumed writer purges what the killed process wrote from 3 on)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    argv = ppo_argv(out, tiny_policy, data_dir)
+    run_killed(argv, "after-update:3")
+    assert len(list((out / "tb").glob("events.*"))) == 1  # the killed process did write its updates 1-3
+    assert run_cli(argv) == 0, capsys.readouterr().err
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("objective/score")]
+    assert steps == [1, 2, 3, 4, 5]
+    scores = [json.loads(line)["objective/score"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e.value for e in acc.Scalars("objective/score")] == pytest.approx(scores, rel=1e-6)

@@ -92,9 +92,9 @@ class RunLogger:
         if self.cfg.wandb:  # fail on a missing package now, before any training
             self._wandb_module()
 
-    def _start(self) -> None:
-        """Open the sinks and write ``run_info.json`` at the first logged step, so that a run failing before it
-        leaves nothing behind."""
+    def _start(self, first_step: Optional[int] = None) -> None:
+        """Open the sinks and write ``run_info.json`` at the first logged step (``first_step``), so that a run
+        failing before it leaves nothing behind."""
         if self.started:
             return
         self.started = True
@@ -102,19 +102,21 @@ class RunLogger:
         if self.cfg.wandb:
             self.wandb = self._start_wandb(self._run_config)
         if self.cfg.tensorboard:
-            self.tb = self._start_tensorboard()
+            self.tb = self._start_tensorboard(first_step)
         info = {"stage": self.stage, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "versions": library_versions(), "command": " ".join(sys.argv),
                 "config": _plain_config(self._run_config), "monitor": self.cfg.model_dump(mode="json")}
         write_text_atomic(self.run_dir / "run_info.json", json.dumps(info, indent=1, default=str) + "\n")
 
     # ----------------------------------------------------------------------------------------- sinks
-    def _start_tensorboard(self):
+    def _start_tensorboard(self, first_step: Optional[int]):
+        """A writer whose first event tells TensorBoard to drop what an interrupted earlier process logged at
+        ``first_step`` or later: a resumed run then shows one clean curve, not the re-run updates twice."""
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard not installed: metrics.jsonl and the report still have everything
             return None
-        return SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        return SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=first_step)
 
     @staticmethod
     def _wandb_module():
@@ -138,10 +140,10 @@ class RunLogger:
         metrics to add to ``metrics.jsonl`` (``text/*``) and the alarms."""
         if self.closed:
             raise RuntimeError("RunLogger.on_update after close()")
-        self._start()
         self.calls += 1
         step = metrics.get(self.step_key)
         step = int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else self.calls
+        self._start(step)
         if completions is None and samples:
             completions = [str(r.get("completion", "")) for r in samples]
         extra: dict[str, Any] = {}
