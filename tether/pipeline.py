@@ -23,6 +23,16 @@ def finished(cfg: Any, *, force: bool = False) -> bool:
     return stage_run_dir(cfg, restart=force).finished
 
 
+def _where(output_dir, *models: str) -> str:
+    """`` -> final runs/x/final, best runs/x/best, report runs/x/report.html``: the end line's pointers to what the
+    stage left in ``output_dir`` (``model`` = the directory itself; only what exists is named)."""
+    root = Path(output_dir)
+    found = [(name, root if name == "model" else root / name) for name in models]
+    found.append(("report", root / "report.html"))
+    shown = [f"{name} {path}" for name, path in found if path.exists()]
+    return (" -> " + ", ".join(shown)) if shown else ""
+
+
 def run_sft(cfg, *, force: bool = False, progress: bool = True) -> dict:
     from tether.algos.sft import train_sft
 
@@ -33,7 +43,8 @@ def run_sft(cfg, *, force: bool = False, progress: bool = True) -> dict:
     out(f"[sft] fine-tuning {cfg.model} on {cfg.train_file} -> {cfg.output_dir}")
     res = train_sft(cfg, progress=progress, restart=force)
     wall = time.perf_counter() - t0
-    out(f"[sft] done in {wall:.0f}s: {res.steps} steps, train loss {_f(res.train_loss)}, eval loss {_f(res.eval_loss)}")
+    out(f"[sft] done in {wall:.0f}s: {res.steps} steps, train loss {_f(res.train_loss)}, eval loss {_f(res.eval_loss)}"
+        + _where(res.output_dir, "model"))
     return {"skipped": False, "output_dir": str(res.output_dir), "steps": res.steps, "train_loss": res.train_loss,
             "eval_loss": res.eval_loss, "wall_s": wall}
 
@@ -50,7 +61,7 @@ def run_rm(cfg, *, force: bool = False, progress: bool = True) -> dict:
     wall = time.perf_counter() - t0
     groups = ", ".join(f"{k} {v:.3f}" for k, v in sorted(res.group_accuracy.items()))
     out(f"[rm] done in {wall:.0f}s: {res.steps} steps, eval accuracy {_f(res.accuracy)}"
-        + (f" ({groups})" if groups else ""))
+        + (f" ({groups})" if groups else "") + _where(res.output_dir, "model"))
     return {"skipped": False, "output_dir": str(res.output_dir), "steps": res.steps, "accuracy": res.accuracy,
             "group_accuracy": res.group_accuracy, "eval_loss": res.eval_loss, "wall_s": wall}
 
@@ -69,7 +80,7 @@ def run_ppo(cfg, *, force: bool = False) -> dict:
     wall = time.perf_counter() - t0
     last = history[-1] if history else {}
     out(f"[ppo] done in {wall:.0f}s: last score {_f(last.get('objective/score'))}, "
-        f"kl {_f(last.get('objective/kl'))}")
+        f"kl {_f(last.get('objective/kl'))}" + _where(cfg.output_dir, "final", "best"))
     return {"skipped": False, "output_dir": str(final), "updates": len(history), "wall_s": wall,
             "last": {k: last[k] for k in ("objective/score", "objective/kl") if k in last}}
 

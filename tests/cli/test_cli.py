@@ -226,7 +226,10 @@ def test_ppo_end_to_end(tmp_path, tiny_policy, prompt_file, monkeypatch, capsys)
                    f"num_ppo_epochs: 1\nresponse_length: 6\n")
     out = tmp_path / "run"
     code = main(["ppo", "--config", str(cfg), f"output_dir={out}", "kl_coef=0.1"])
-    assert code == 0, capsys.readouterr().err
+    said = capsys.readouterr()
+    assert code == 0, said.err
+    end = [ln for ln in said.out.splitlines() if ln.startswith("[ppo] done in")]
+    assert end == [end[0]] and end[0].endswith(f"-> final {out / 'final'}, report {out / 'report.html'}")  # no best/
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and "objective/score" in json.loads(lines[0])
     assert (out / "final" / "config.json").is_file() and (out / "final" / "tether_config.yaml").is_file()
@@ -249,6 +252,7 @@ def test_pipeline_end_to_end_and_skip(tmp_path, tiny_policy, prompt_file, capsys
     assert main(argv) == 0, capsys.readouterr().err
     first = capsys.readouterr().out
     assert all(f"[{s}] done" in first for s in ("sft", "rm", "ppo")), first
+    assert f"-> model {out / 'sft'}" in first and f"-> model {out / 'rm'}" in first, first  # the end lines say where
     assert (out / "sft" / "config.json").is_file() and (out / "rm" / "config.json").is_file()
     saved = load(type(parse_config("ppo", None, [])), out / "ppo" / "final" / "tether_config.yaml")
     assert saved.policy == str(out / "sft") and saved.rewards[0].path == str(out / "rm")
