@@ -160,13 +160,21 @@ def _bad_cases(tmp: Path, policy: Path, prompts: Path):
         "pipeline wired key": (["pipeline", "sft.train_file=a", "rm.train_file=b", "ppo.policy=x"], "wired"),
         "sft missing train_file": (["sft", f"model={policy}"], "train_file: required option is missing"),
         "demo wired key": (["demo", "sft.train_file=x.jsonl"], "wired"),
+        "bad device": (["sft", f"model={policy}", "train_file=x.jsonl", "device=gpu"],
+                       "device: must be auto, cpu, cuda or cuda:N"),
+        "cuda without a GPU (sft)": (["sft", f"model={policy}", "train_file=x.jsonl", "device=cuda"],
+                                     "device=cuda: CUDA is not available"),
+        "cuda without a GPU (rm)": (["rm", f"model={policy}", "train_file=x.jsonl", "device=cuda:0"],
+                                    "device=cuda:0: CUDA is not available"),
+        "cuda without a GPU (ppo)": (["ppo", *ok, "device=cuda"], "device=cuda: CUDA is not available"),
     }
 
 
 CASES = ["unknown option", "unknown flag", "unknown command", "bad value type", "out of range", "bad literal",
          "missing config file", "bad yaml", "missing policy dir", "bad override syntax", "override into a scalar",
          "divisibility", "group estimator, one sample", "empty prompt line", "reward not importable", "no reward",
-         "pipeline wired key", "sft missing train_file", "demo wired key"]
+         "pipeline wired key", "sft missing train_file", "demo wired key", "bad device", "cuda without a GPU (sft)",
+         "cuda without a GPU (rm)", "cuda without a GPU (ppo)"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -174,8 +182,12 @@ def test_bad_input_one_line_error(case, tmp_path, tiny_policy, prompt_file, caps
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     monkeypatch.chdir(tmp_path)  # any default output directory would appear here
     argv, expect = _bad_cases(tmp_path, tiny_policy, prompt_file)[case]
+    if "cuda" in case:  # the message a machine without a GPU gives, wherever the test runs
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out_dir = tmp_path / "out"
-    if argv[0] in ("ppo", "sft", "demo", "pipeline") and case not in ("unknown command",):
+    if argv[0] in ("ppo", "sft", "rm", "demo", "pipeline") and case not in ("unknown command",):
         argv = [*argv, f"output_dir={out_dir}"]
     before = set(os.listdir(tmp_path))
     code = main(argv)

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from tether.console import note
-from tether.engine.loop import EpochOrder, RunLoop, guarded_step
+from tether.engine.dist import Dist, current
+from tether.engine.loop import EpochOrder, NullMonitor, RunLoop, guarded_step
 from tether.engine.optim import build_optimizer, build_scheduler, step_scheduler
 from tether.engine.run_dir import RunDir
 from tether.errors import ConfigError
@@ -32,13 +33,22 @@ class OfflineRun:
     (:meth:`EpochOrder.groups`)."""
     total_steps: int
     max_grad_norm: float | None
+    dist: Dist
+    """The processes: each takes its share (:meth:`Dist.share`) of every micro-batch of the global order."""
+
+    def my_group(self, group: list[list[int]]) -> list[list[int]]:
+        """This rank's rows of each micro-batch of a step (empty shares dropped)."""
+        return [s for s in (self.dist.share(mb) for mb in group) if s]
 
 
-def start_offline_run(run: RunDir, cfg: Any, model: nn.Module, n_rows: int, stage: str) -> OfflineRun:
+def start_offline_run(run: RunDir, cfg: Any, model: nn.Module, n_rows: int, stage: str,
+                      dist: Dist | None = None) -> OfflineRun:
     """The schedule (``num_epochs`` × ⌈micro-batches / ``grad_accum``⌉ steps, at most ``max_steps``), AdamW, the
     learning-rate schedule and the :class:`RunLoop` over ``n_rows`` rows — fresh, or continued from a checkpoint
     (weights, optimizer, schedule, data order, RNG, logs) — watched by the stage logger (TensorBoard,
-    ``run_info.json``; the report once the model is saved)."""
+    ``run_info.json``; the report once the model is saved). With several processes (``dist``) the order is the
+    global one (``batch_size`` rows per micro-batch over all processes) and each process trains on its share."""
+    dist = current(dist)
     total_steps = cfg.num_epochs * math.ceil(math.ceil(n_rows / cfg.batch_size) / cfg.grad_accum)
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -52,15 +62,15 @@ def start_offline_run(run: RunDir, cfg: Any, model: nn.Module, n_rows: int, stag
                    schedulers={"model": scheduler}, stateful={"order": order},
                    checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
                    max_consecutive_skips=cfg.max_consecutive_skips, skip_noun="optimizer step",
-                   skip_phrase="skipped for a non-finite loss or gradient")
-    loop.watch(stage_logger(run.out, cfg, stage))
-    return OfflineRun(loop, optimizer, scheduler, params, order.groups(), total_steps, cfg.max_grad_norm)
+                   skip_phrase="skipped for a non-finite loss or gradient", dist=dist)
+    loop.watch(stage_logger(run.out, cfg, stage) if dist.is_main else NullMonitor())
+    return OfflineRun(loop, optimizer, scheduler, params, order.groups(), total_steps, cfg.max_grad_norm, dist)
 
 
 def offline_step(r: OfflineRun, finite_loss: bool) -> tuple[float, bool]:
     """Clip and step, or skip the step when the loss or the gradient norm is not finite; then advance the schedule
     and the step counter (a skipped step counts too). Returns ``(gradient norm, whether the optimizer stepped)``."""
-    status = guarded_step({"model": r.params}, {"model": r.optimizer}, r.max_grad_norm, finite_loss)
+    status = guarded_step({"model": r.params}, {"model": r.optimizer}, r.max_grad_norm, finite_loss, dist=r.dist)
     if not status.stepped:
         what = "loss" if status.reason == "non-finite loss" else "gradient"
         note(f"step {r.loop.step + 1}: non-finite {what}, optimizer step skipped")

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from tether.algos.common import split_eval
 from tether.algos.offline import offline_step, start_offline_run
 from tether.console import note, progress as progress_bar
+from tether.engine.dist import setup as setup_dist
 from tether.engine.optim import set_seed
 from tether.engine.outputs import MetricsWriter, save_model_atomic
 from tether.engine.run_dir import read_jsonl, stage_run_dir
@@ -304,14 +305,16 @@ def train_rm(
     ``max_consecutive_skips`` in a row; SIGTERM/Ctrl-C checkpoints and raises ``Preempted``.
     """
     out_dir = Path(cfg.output_dir)
-    run = stage_run_dir(cfg, restart=restart)
+    dist = setup_dist(cfg.device)  # the device; under torchrun the processes (tether.engine.dist)
+    run = stage_run_dir(cfg, restart=restart, dist=dist)
     if run.finished:
         return _finished(out_dir)
     set_seed(cfg.seed)
     model, tokenizer = prepare_reward_model(cfg, model, tokenizer)
     model = master_weights(model)  # float32 weights and AdamW state; dtype=bfloat16 computes under autocast
     style = reward_input_style(model)
-    device = next(model.parameters()).device
+    device = dist.device
+    model.to(device)
     max_length = cfg.max_length
     limit = _max_positions(model)
     if limit is not None and max_length > limit:
@@ -339,16 +342,17 @@ def train_rm(
                     cfg.train_file, cut, len(train_ex), max_length, how)
 
     # 2. schedule and the run: fresh, or continued from a checkpoint
-    r = start_offline_run(run, cfg, model, len(train_ex), "rm")
+    r = start_offline_run(run, cfg, model, len(train_ex), "rm", dist)
     loop, scheduler, total_steps, groups = r.loop, r.scheduler, r.total_steps, r.groups
     model.train()
 
-    # 3. optimise: chosen and rejected of each micro-batch in one forward, one optimizer step per group
+    # 3. optimise: chosen and rejected of each micro-batch in one forward, one optimizer step per group (this
+    #    process's share of each micro-batch; weights over the step's pairs of all processes, gradients summed)
     def step() -> None:
         epoch, g, group, n_micro = next(groups)
         n_pairs = sum(len(mb) for mb in group)
         step_loss, step_acc, step_margin, finite = 0.0, 0.0, 0.0, True
-        for mb in group:
+        for mb in r.my_group(group):
             b = _to(collate_pairs([train_ex[i] for i in mb], pad_id), device)
             with compute_context(cfg.dtype, device):
                 scores = sequence_scores(model, b["input_ids"], b["attention_mask"]).float()
@@ -365,6 +369,8 @@ def train_rm(
             step_margin += float(stats["margin"]) * w
         lr = scheduler.get_last_lr()[0]
         norm, stepped = offline_step(r, finite)
+        if stepped:
+            step_loss, step_acc, step_margin = dist.sum([step_loss, step_acc, step_margin])
         bar_text.update(loss=f"{step_loss:.4f}", acc=f"{step_acc:.2f}")
         last = loop.step == total_steps
         record: dict[str, Any] = {}
@@ -382,7 +388,8 @@ def train_rm(
         loop.log(record)
 
     bar_text: dict[str, str] = {}
-    loop.run(step, progress_bar(total=total_steps, enabled=progress, desc="rm"), postfix=lambda: bar_text)
+    loop.run(step, progress_bar(total=total_steps, enabled=progress and dist.is_main, desc="rm"),
+             postfix=lambda: bar_text)
     model.eval()
     step, ev = loop.step, loop.extra.get("ev")
     metrics = loop.history
@@ -404,7 +411,8 @@ def train_rm(
                 log.warning("eval accuracy moved from %.4f to %.4f under normalisation (float rounding of near-ties)",
                             ev["accuracy"], ev_after["accuracy"])
             ev = ev_after | {"loss": ev["loss"] if ev is not None else ev_after["loss"]}
-        metrics.append(writer.write({"step": step, "normalization": stats}))
+        norm_record = {"step": step, "normalization": stats}
+        metrics.append(writer.write(norm_record) if dist.is_main else norm_record)
 
     # 5. save
     summary = {
@@ -413,11 +421,13 @@ def train_rm(
         "max_length": max_length,
         "eval": None if ev is None else {k: ev[k] for k in ("accuracy", "loss", "n", "group_accuracy", "group_n")},
     }
-    save_model_atomic(model, tokenizer, out_dir,
-                      extra_files={"tether_config.yaml": dump(cfg), "tether_rm.json": summary,
-                                   "README.md": model_card("rm", cfg, summary["eval"], notes=card_notes(stats))},
-                      keep=("metrics.jsonl", "checkpoints", *STAGE_LOG_FILES))
+    if dist.is_main:  # one process writes; the others wait until the model is there
+        save_model_atomic(model, tokenizer, out_dir,
+                          extra_files={"tether_config.yaml": dump(cfg), "tether_rm.json": summary,
+                                       "README.md": model_card("rm", cfg, summary["eval"], notes=card_notes(stats))},
+                          keep=("metrics.jsonl", "checkpoints", *STAGE_LOG_FILES))
     loop.monitor.close()
+    dist.barrier()
     return RMResult(
         output_dir=out_dir,
         accuracy=None if ev is None else ev["accuracy"],

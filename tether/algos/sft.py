@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from tether.algos.common import split_eval
 from tether.algos.offline import offline_step, start_offline_run
 from tether.console import note, progress as progress_bar
+from tether.engine.dist import setup as setup_dist
 from tether.engine.optim import set_seed
 from tether.engine.outputs import save_model_atomic
 from tether.engine.run_dir import read_jsonl, stage_run_dir
@@ -172,13 +173,15 @@ def train_sft(
     ``Preempted`` after a SIGTERM/Ctrl-C checkpoint.
     """
     out_dir = Path(cfg.output_dir)
-    run = stage_run_dir(cfg, restart=restart)
+    dist = setup_dist(cfg.device)  # the device; under torchrun the processes (tether.engine.dist)
+    run = stage_run_dir(cfg, restart=restart, dist=dist)
     if run.finished:
         return _finished(out_dir)
     set_seed(cfg.seed)
     model, tokenizer = prepare_causal_lm(cfg, model, tokenizer)
     model = master_weights(model)  # float32 weights and AdamW state; dtype=bfloat16 computes under autocast
-    device = next(model.parameters()).device
+    device = dist.device
+    model.to(device)
     max_length = cfg.max_length
     limit = _max_positions(model)
     if limit is not None and max_length > limit:
@@ -201,18 +204,19 @@ def train_sft(
     rows = pack_sft(train_ex, max_length) if cfg.packing else train_ex
 
     # 2. schedule and the run: fresh, or continued from a checkpoint
-    r = start_offline_run(run, cfg, model, len(rows), "sft")
+    r = start_offline_run(run, cfg, model, len(rows), "sft", dist)
     loop, scheduler, total_steps, groups = r.loop, r.scheduler, r.total_steps, r.groups
     pad_id = tokenizer.pad_token_id
     model.train()
 
-    # 3. optimise: one optimizer step over the next grad_accum micro-batches
+    # 3. optimise: one optimizer step over the next grad_accum micro-batches (this process's share of each), the
+    #    loss divided by the target tokens of the whole step over all processes (gradients are summed over them)
     def step() -> None:
         epoch, g, group, n_micro = next(groups)
         batches = [{k: v.to(device) for k, v in
                     collate_sft([rows[i] for i in mb], pad_id, completion_only=completion_only).items()}
-                   for mb in group]
-        n_tokens = sum(int(b["loss_mask"][:, 1:].sum()) for b in batches)
+                   for mb in r.my_group(group)]
+        n_tokens = int(dist.sum([sum(int(b["loss_mask"][:, 1:].sum()) for b in batches)])[0])
         step_loss, finite = 0.0, True
         for b in batches:
             with compute_context(cfg.dtype, device):
@@ -225,6 +229,7 @@ def train_sft(
             step_loss += float(loss.detach())
         lr = scheduler.get_last_lr()[0]
         norm, stepped = offline_step(r, finite)
+        step_loss = dist.sum([step_loss])[0] if stepped else step_loss
         if stepped:
             loop.extra["train_loss"] = step_loss
         bar_loss["loss"] = f"{step_loss:.4f}"
@@ -243,14 +248,17 @@ def train_sft(
         loop.log(record)
 
     bar_loss: dict[str, str] = {}
-    loop.run(step, progress_bar(total=total_steps, enabled=progress, desc="sft"), postfix=lambda: bar_loss)
+    loop.run(step, progress_bar(total=total_steps, enabled=progress and dist.is_main, desc="sft"),
+             postfix=lambda: bar_loss)
     model.eval()
 
-    # 4. save
-    save_model_atomic(model, tokenizer, out_dir, extra_files={"tether_config.yaml": dump(cfg),
-                                                              "README.md": model_card("sft", cfg, loop.history)},
-                      keep=("metrics.jsonl", "checkpoints", *STAGE_LOG_FILES))
+    # 4. save (the main process; the others wait until the model is there)
+    if dist.is_main:
+        save_model_atomic(model, tokenizer, out_dir, extra_files={"tether_config.yaml": dump(cfg),
+                                                                  "README.md": model_card("sft", cfg, loop.history)},
+                          keep=("metrics.jsonl", "checkpoints", *STAGE_LOG_FILES))
     loop.monitor.close()
+    dist.barrier()
     return SFTResult(output_dir=out_dir, eval_loss=loop.extra.get("eval_loss"),
                      train_loss=loop.extra.get("train_loss"), steps=loop.step, metrics=loop.history)
 

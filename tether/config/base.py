@@ -8,6 +8,7 @@ afterwards, and derived sizes live elsewhere (never written back into a config).
 from __future__ import annotations
 
 import difflib
+import re
 import shutil
 import textwrap
 import types
@@ -62,6 +63,22 @@ def _output_dir(value: str) -> str:
 OutputDir = Annotated[str, AfterValidator(_output_dir)]
 """The type of every ``output_dir`` option: a directory path, refused when it (or the nearest existing parent) is a
 file, so a run fails before it starts rather than when it first writes."""
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _device(value: str) -> str:
+    v = value.strip()
+    if not _DEVICE.match(v):
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+    return v
+
+
+DeviceName = Annotated[str, AfterValidator(_device)]
+"""The type of every ``device`` option: ``auto`` (CUDA when a GPU is visible, else the CPU), ``cpu``, ``cuda`` or
+``cuda:N``. Only the spelling is checked here; whether the device exists is checked when the stage starts
+(``tether.engine.dist.setup``), so a config written on one machine stays valid on another."""
 
 
 def _is_dataset(value: Any) -> bool:

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from tether.config.base import OutputDir, ResumeSpec, Section
+from tether.config.base import DeviceName, OutputDir, ResumeSpec, Section
 from tether.config.monitor import MonitorConfig
 from tether.config.presets import PRESET_NAMES
 
@@ -69,6 +69,10 @@ class PPOConfig(Section):
     """Allow model code shipped with a checkpoint to run. Off unless you trust the checkpoint."""
     pad_policy: Literal["add", "refuse"] = "add"
     """When the tokenizer has no pad token or pads with EOS: `add` a distinct `<|pad|>` token, or `refuse`."""
+    device: DeviceName = "auto"
+    """Where the models train: `auto` (a CUDA GPU when one is visible, else the CPU), `cpu`, `cuda` or `cuda:N`.
+    Under `torchrun`/`accelerate launch` each process takes its own GPU (or the CPU) and trains on its share of
+    each batch (README, "Several processes")."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights dtype of the frozen reference and reward models (bfloat16 halves their memory; the KL to the reference
     then carries its rounding). The policy and critic always train in float32."""

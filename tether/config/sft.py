@@ -10,7 +10,7 @@ from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from tether.config.base import DataSource, OutputDir, StepRun
+from tether.config.base import DataSource, DeviceName, OutputDir, StepRun
 
 
 class SFTConfig(StepRun):
@@ -34,6 +34,10 @@ class SFTConfig(StepRun):
     """Allow model code shipped with a checkpoint to run. Off unless you trust the checkpoint."""
     pad_policy: Literal["add", "refuse"] = "add"
     """When the tokenizer has no pad token or pads with EOS: `add` a distinct `<|pad|>` token, or `refuse`."""
+    device: DeviceName = "auto"
+    """Where the models train: `auto` (a CUDA GPU when one is visible, else the CPU), `cpu`, `cuda` or `cuda:N`.
+    Under `torchrun`/`accelerate launch` each process takes its own GPU (or the CPU) and trains on its share of
+    each batch (README, "Several processes")."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Compute dtype while training: `bfloat16` runs the forwards under `torch.autocast` (bf16 matmuls) while the
     weights and AdamW state stay float32 master copies, so small updates are not rounded away; the loss is float32

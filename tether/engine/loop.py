@@ -30,7 +30,8 @@ from typing import Any, Optional, Protocol
 import torch
 from torch import nn
 
-from tether.engine.checkpoint import kill_point, rng_state, set_rng_state, step_of
+from tether.engine.checkpoint import checkpoint_name, kill_point, rng_state, set_rng_state, step_of
+from tether.engine.dist import Dist, current
 from tether.engine.outputs import MetricsWriter
 from tether.engine.preemption import StopRequest
 from tether.engine.run_dir import RunDir, read_jsonl
@@ -64,11 +65,21 @@ class StepStatus:
 
 
 def guarded_step(params: Mapping[str, list[nn.Parameter]], optimizers: Mapping[str, torch.optim.Optimizer],
-                 max_grad_norm: Optional[float], finite_loss: bool, frozen: Sequence[str] = ()) -> StepStatus:
+                 max_grad_norm: Optional[float], finite_loss: bool, frozen: Sequence[str] = (),
+                 dist: Optional[Dist] = None) -> StepStatus:
     """Clip each model's accumulated gradients to ``max_grad_norm`` (None: no clip) and step its optimizer, unless
     the loss or any gradient norm is not finite: then every gradient is dropped and nothing steps. One norm per
     model gives the clip and the finiteness check in one pass. ``frozen``: models whose optimizer does not step
-    (PPO's policy during the critic warm-up). The caller zeroes gradients for the next step."""
+    (PPO's policy during the critic warm-up). The caller zeroes gradients for the next step.
+
+    ``dist`` (several processes): the ranks first agree on the loss (a non-finite loss on any rank skips the step on
+    all), then each model's gradients are summed over ranks, so the norm, the clip and the step are the same
+    everywhere."""
+    if dist is not None and dist.distributed:
+        finite_loss = not dist.any(not finite_loss)
+        if finite_loss:
+            for ps in params.values():
+                dist.sum_gradients(ps)
     if not finite_loss:
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
@@ -84,6 +95,23 @@ def guarded_step(params: Mapping[str, list[nn.Parameter]], optimizers: Mapping[s
         if k not in frozen:
             optimizers[k].step()
     return StepStatus(True, norms)
+
+
+class NullMonitor:
+    """The monitor of a process that does not log (every rank but the main one)."""
+
+    @dataclass
+    class _Watched:
+        metrics: dict[str, Any] = field(default_factory=dict)
+
+    def on_update(self, metrics: Mapping[str, Any], samples: Any = None, completions: Any = None) -> Any:
+        return self._Watched()
+
+    def resume(self, records: Sequence[Mapping[str, Any]]) -> None:
+        pass
+
+    def close(self, report: Optional[bool] = None) -> Any:
+        return None
 
 
 class EpochOrder:
@@ -142,7 +170,9 @@ class RunLoop:
                  optimizers: Mapping[str, torch.optim.Optimizer], schedulers: Mapping[str, Any],
                  checkpoint_every: int, keep_checkpoints: int, max_consecutive_skips: int,
                  skip_noun: str, skip_phrase: str, stateful: Optional[Mapping[str, Any]] = None,
-                 samples_log: Optional[str] = None):
+                 samples_log: Optional[str] = None, dist: Optional[Dist] = None):
+        self.dist = current(dist)
+        """The processes of the run: only the main one writes files; every rank restores the checkpoints."""
         self.run_dir, self.out = run, run.out
         self.total, self.models = total, models
         self.optimizers, self.schedulers = optimizers, schedulers
@@ -181,7 +211,10 @@ class RunLoop:
             if found is None or found.step != self.total:
                 return 0.0
         else:
-            found = self.run_dir.begin()
+            found = self.run_dir.begin() if self.dist.is_main else None
+            self.dist.barrier()  # the main process has made the directory consistent; the others only read it
+            if not self.dist.is_main:
+                found = self.run_dir.checkpoint
             if found is None:
                 return 0.0
             self.run_dir.check_total(self.total)
@@ -192,7 +225,9 @@ class RunLoop:
             sched.load_state_dict(state["schedulers"][k])
         for k, obj in self.stateful.items():
             obj.load_state_dict(state[k])
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")
+        same_world = isinstance(ranks, list) and len(ranks) == self.dist.world_size
+        set_rng_state(ranks[self.dist.rank] if same_world else state["rng"])
         self.step, self.skip_streak = int(state[self.unit]), int(state["skip_streak"])
         self.extra = json.loads(state.get("extra", "{}"))
         self.history = read_jsonl(self.out / "metrics.jsonl")
@@ -208,6 +243,8 @@ class RunLoop:
               save_best: Optional[Callable[[], Any]] = None) -> None:
         """Attach the monitor and the held-out evaluation with its best save, both given the run's earlier records
         (so trend alarms and the best result carry on across a resume)."""
+        if not self.dist.is_main:  # one process logs; the others only train
+            monitor, save_best = NullMonitor(), None
         self.monitor, self.heldout, self.save_best = monitor, heldout, save_best
         monitor.resume(self.history)
         for record in self.history if heldout is not None else ():
@@ -242,9 +279,10 @@ class RunLoop:
             if self.monitor is not None:
                 watched = self.monitor.on_update(record, samples=samples, completions=completions)
                 record.update(watched.metrics)
-            written = MetricsWriter(self.out / "metrics.jsonl", overwrite=False).write(record)
+            written = (MetricsWriter(self.out / "metrics.jsonl", overwrite=False).write(record)
+                       if self.dist.is_main else record)
             self.history.append(written)
-            if samples and self.samples_log:
+            if samples and self.samples_log and self.dist.is_main:
                 writer = MetricsWriter(self.out / self.samples_log, overwrite=False)
                 for row in samples:
                     writer.write(row)
@@ -277,11 +315,14 @@ class RunLoop:
                         bar.set_postfix(**postfix())
                     kill_point(f"after-{self.unit}:{self.step}")
                     due = self.checkpoint_every and self.step % self.checkpoint_every == 0
-                    if self.step < self.total and (due or stop.requested):
+                    # every rank stops at the same step when any of them got the signal
+                    stopping = self.dist.any(stop.requested is not None) if self.step < self.total else False
+                    if self.step < self.total and (due or stopping):
                         path = self.save()
-                        if stop.requested:
+                        if stopping:
                             bar.close()
-                            raise Preempted(f"pre-empted ({stop.requested}) after {self.unit} {self.step} of "
+                            why = stop.requested or "a signal to another process"
+                            raise Preempted(f"pre-empted ({why}) after {self.unit} {self.step} of "
                                             f"{self.total}; checkpoint {path} written. Run the same command again "
                                             "to resume")
                 bar.close()
@@ -304,6 +345,12 @@ class RunLoop:
             "elapsed_s": self.elapsed(),
             "extra": json.dumps(self.extra),
         }
-        found = self.run_dir.save(self.step, self.models, state, total=self.total, keep=self.keep)
-        self.checkpoint_path = found.path
-        return found.path
+        if self.dist.distributed:
+            state["rng_ranks"] = self.dist.gather(state["rng"])  # each rank resumes its own generators
+        if self.dist.is_main:
+            path = self.run_dir.save(self.step, self.models, state, total=self.total, keep=self.keep).path
+        else:
+            path = self.run_dir.root / checkpoint_name(self.unit, self.step)
+        self.dist.barrier()  # the checkpoint is complete before any rank goes on
+        self.checkpoint_path = path
+        return path

@@ -31,6 +31,7 @@ from tether.config.rm import RMConfig
 from tether.config.sft import SFTConfig
 from tether.console import note
 from tether.engine import checkpoint as ckpt
+from tether.engine.dist import Dist
 from tether.engine.outputs import recover_model_dir
 from tether.errors import CheckpointError
 
@@ -271,9 +272,18 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 MARKER = "tether_config.yaml"
 
 
-def stage_run_dir(cfg: BaseModel, *, restart: bool = False) -> RunDir:
+def stage_run_dir(cfg: BaseModel, *, restart: bool = False, dist: Optional[Dist] = None) -> RunDir:
     """The :class:`RunDir` of an SFT, RM or PPO config, with that stage's layout: SFT and RM save their model in
-    ``output_dir`` itself, PPO in ``output_dir/final``; PPO's checkpoints also carry ``samples.jsonl``."""
+    ``output_dir`` itself, PPO in ``output_dir/final``; PPO's checkpoints also carry ``samples.jsonl``. With several
+    processes (``dist``) the main one opens it first (it may undo an interrupted final save), then the others."""
+    if dist is not None and dist.distributed:
+        run = _stage_run_dir(cfg, restart) if dist.is_main else None
+        dist.barrier()
+        return run if run is not None else _stage_run_dir(cfg, restart)
+    return _stage_run_dir(cfg, restart)
+
+
+def _stage_run_dir(cfg: BaseModel, restart: bool) -> RunDir:
     out = Path(cfg.output_dir)
     if isinstance(cfg, PPOConfig):
         return RunDir(out, cfg, stage="ppo", unit="update", marker=out / "final" / MARKER,

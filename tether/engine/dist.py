@@ -1,0 +1,194 @@
+"""Where a stage runs: the device, and the processes of a data-parallel run (``torchrun`` / ``accelerate launch``).
+
+:func:`setup` is the one place that turns a stage's ``device`` option into a :class:`Dist`: the torch device every
+model, tensor and generator of the stage goes to, this process's rank and the number of processes, and the few
+collectives the stages need (sums of gradients and statistics, "does any rank want to stop", the RNG state of every
+rank for a checkpoint). One process (no ``WORLD_SIZE`` > 1 in the environment) needs no process group: the
+collectives are identities. Several processes get their process group from accelerate's ``Accelerator`` (gloo on
+CPU, NCCL on CUDA), built once per process here, so a later FSDP/DeepSpeed setup has one place to hook in.
+
+The data-parallel rule of the offline stages: every process computes the same global batch statistics it would on one
+process. Losses are divided by the *global* count (tokens, pairs) and gradients are **summed** over processes once per
+optimizer step (:meth:`Dist.sum_gradients`), so N processes × B/N rows give the update of 1 process × B rows up to
+float reduction order, and a process with fewer (or no) rows in a step needs no filler batch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from tether.config.base import _device
+from tether.errors import ConfigError
+
+
+
+def check_device_name(value: str) -> str:
+    """The spelling of a ``device`` option, checked as the config does (``ConfigError`` otherwise)."""
+    try:
+        return _device(value)
+    except ValueError as err:
+        raise ConfigError(f"device={value}: {err}") from None
+
+
+def world_size_from_env() -> int:
+    """Processes of this run as the launcher (``torchrun``, ``accelerate launch``) told it: ``WORLD_SIZE`` or 1."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def _cuda_missing(name: str) -> ConfigError:
+    why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+    return ConfigError(f"device={name}: CUDA is not available on this machine ({why}); use device=cpu or auto")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → ``cuda`` when a CUDA GPU is visible, else ``cpu``; ``cuda``/``cuda:N`` refused in one line
+    (``ConfigError``) when there is no such GPU. The single-process device of a stage."""
+    name = check_device_name(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise _cuda_missing(name)
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={name}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                              f"(cuda:0 … cuda:{torch.cuda.device_count() - 1})")
+        return dev
+    return torch.device("cpu")
+
+
+_ACCELERATOR: Any = None
+
+
+def _accelerator(cpu: bool) -> Any:
+    """The process's one ``accelerate.Accelerator`` (built on first use; its process group lives as long as the
+    process). ``TETHER_DIST_TIMEOUT_S`` (default 600): how long a collective waits for a rank that does not come
+    before the run fails instead of hanging."""
+    global _ACCELERATOR
+    if _ACCELERATOR is None:
+        from accelerate import Accelerator
+        from accelerate.utils import InitProcessGroupKwargs
+
+        timeout = datetime.timedelta(seconds=float(os.environ.get("TETHER_DIST_TIMEOUT_S", "600")))
+        _ACCELERATOR = Accelerator(cpu=cpu, kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
+    return _ACCELERATOR
+
+
+@dataclass
+class Dist:
+    """The device and the processes of a run (module docstring). ``accelerator``: accelerate's ``Accelerator`` when
+    several processes run, else None."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    accelerator: Any = None
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes files (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    # ------------------------------------------------------------------ the share of each batch
+    def share(self, rows: Sequence[int]) -> list[int]:
+        """This rank's contiguous share of ``rows`` (sizes differ by at most one; a rank may get none)."""
+        n, w, r = len(rows), self.world_size, self.rank
+        lo, hi = r * n // w, (r + 1) * n // w
+        return list(rows[lo:hi])
+
+    # ------------------------------------------------------------------ collectives
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sums over ranks of a few numbers (float64 on the way, so counts stay exact)."""
+        if not self.distributed:
+            return [float(v) for v in values]
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        return [float(x) for x in self.accelerator.reduce(t, reduction="sum").cpu()]
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is True on any rank (the agreement on stops and skips)."""
+        if not self.distributed:
+            return bool(flag)
+        t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=self.device)
+        return bool(self.accelerator.reduce(t, reduction="max").item() > 0)
+
+    def sum_gradients(self, params: Iterable[nn.Parameter]) -> None:
+        """Sum every parameter's gradient over ranks, in place, in one flat all-reduce (a missing gradient counts
+        as zero, so a rank without rows this step still takes part). Called once per optimizer step."""
+        if not self.distributed:
+            return
+        params = [p for p in params if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
+        for p in params:
+            by_dtype.setdefault(p.grad.dtype, []).append(p)
+        for group in by_dtype.values():
+            flat = torch.cat([p.grad.reshape(-1) for p in group])
+            torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+            offset = 0
+            for p in group:
+                n = p.grad.numel()
+                p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+                offset += n
+
+    def gather(self, obj: Any) -> list[Any]:
+        """``obj`` of every rank, in rank order, on every rank (small objects: RNG states)."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            self.accelerator.wait_for_everyone()
+
+
+def setup(device: str = "auto") -> Dist:
+    """The :class:`Dist` of a stage whose ``device`` option is ``device``. Under a launcher with ``WORLD_SIZE`` > 1
+    the Accelerator is built (once per process) and each process gets its local GPU (``auto``/``cuda``; an explicit
+    ``cuda:N`` is refused, the launcher assigns them) or the CPU (``cpu``, or ``auto`` without CUDA)."""
+    name = check_device_name(device)
+    world = world_size_from_env()
+    if world == 1:
+        return Dist(resolve_device(name))
+    if re.match(r"^cuda:\d+$", name):
+        raise ConfigError(f"device={name}: with {world} processes each one takes its own GPU (LOCAL_RANK); use "
+                          "device=cuda or auto")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise _cuda_missing(name)
+    cpu = name == "cpu" or not torch.cuda.is_available()
+    acc = _accelerator(cpu)
+    return Dist(torch.device(acc.device), rank=acc.process_index, world_size=acc.num_processes, accelerator=acc)
+
+
+LOCAL = Dist(torch.device("cpu"))
+"""One process on the CPU: what code that was handed no :class:`Dist` runs as."""
+
+
+def current(dist: Optional[Dist]) -> Dist:
+    return LOCAL if dist is None else dist
