@@ -233,3 +233,39 @@ def test_masked_ops_bad_arguments_raise():
         ops.masked_sum(x, torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="0/1"):
         ops.masked_mean(x, torch.full((2, 3), 0.5))
+
+
+def test_masked_whiten_with_the_moments_of_a_larger_batch_equals_a_slice_of_its_whitening():
+    """A process holding part of the batch whitens with the whole batch's (μ, σ²): its rows then equal those rows
+    of the whole batch whitened at once (float64), with and without shift_mean."""
+    from tether.ops.masking import masked_mean, masked_var, masked_whiten
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64) * 3 + 1
+    mask = torch.rand(6, 5, generator=g) > 0.3
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    for shift in (True, False):
+        whole = masked_whiten(x, mask, shift_mean=shift)
+        part = masked_whiten(x[2:5], mask[2:5], shift_mean=shift, moments=(float(mean), float(var)))
+        torch.testing.assert_close(part, whole[2:5], rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(masked_whiten(x[2:5], mask[2:5], shift_mean=shift), whole[2:5])
+
+
+def test_reinforce_pp_estimators_whiten_through_the_hook():
+    """The REINFORCE++ estimators whiten with the ``whiten`` they are given (a multi-process caller's)."""
+    from tether.ops.advantages import ADVANTAGE_ESTIMATORS
+
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    seen = []
+
+    def whiten(values, m, shift_mean=True):
+        seen.append(values.shape)
+        return values * 0 + 7.0
+
+    for name in ("reinforce_pp", "reinforce_pp_baseline"):
+        adv, _ = ADVANTAGE_ESTIMATORS[name](rewards, None, mask, rewards.sum(1), gamma=1.0, lam=1.0, group_size=2,
+                                            eps=1e-6, whiten=whiten)
+        assert bool((adv == 7.0).all())
+    assert seen == [torch.Size([4, 3])] * 2

@@ -21,6 +21,7 @@ from tether.algos.batching import BatchPlan, prompt_indices
 from tether.engine.optim import derive_seed
 from tether.config.ppo import PPOConfig
 from tether.console import note
+from tether.engine.dist import Dist, current
 from tether.engine.loop import StepStatus, guarded_step
 from tether.engine.optim import step_scheduler
 from tether.models.forward import causal_lm_logits, causal_lm_logits_and_hidden
@@ -44,6 +45,8 @@ class PPOState:
     kl_ctl: Any
     optimizers: dict[str, torch.optim.Optimizer]
     schedulers: dict[str, Any]
+    dist: Optional[Dist] = None
+    """The processes (``tether.engine.dist``): each samples and trains on its share of the prompts; None: one."""
     plan: BatchPlan = field(init=False)
 
     def __post_init__(self) -> None:
@@ -87,8 +90,10 @@ class Scored:
 def collect(state: PPOState, u: int) -> Scored:
     """Steps 1–4 of update ``u`` (0-based): sample, score, shape the rewards, estimate advantages."""
     cfg, t0 = state.cfg, time.perf_counter()
-    # 1. rollout: sample completions from the tempered policy; old log-probs from the training forward
-    idx = prompt_indices(u, cfg.rollout_batch_size, len(state.prompts), cfg.seed)
+    dist = current(state.dist)
+    # 1. rollout: sample completions from the tempered policy; old log-probs from the training forward. With several
+    #    processes each takes its share of the update's prompts (a prompt's samples stay together on one process)
+    idx = dist.share(prompt_indices(u, cfg.rollout_batch_size, len(state.prompts), cfg.seed))
     texts = [state.prompts[i] for i in idx for _ in range(cfg.samples_per_prompt)]
     batch = encode_prompts(state.tokenizer, texts, texts, cfg.max_prompt_length, cfg.prompt_truncation)
     torch.manual_seed(derive_seed(cfg.seed, "rollout", u))
@@ -104,6 +109,8 @@ def collect(state: PPOState, u: int) -> Scored:
         ref_logprobs = reference_logprobs(state.reference, rollout, cfg.temperature, cfg.micro_batch_size)
     scores, parts = combine_scores(state.rewards, rollout.prompts, rollout.completions, rollout, nonfinite="keep")
     skip = nonfinite_scores(scores, parts)  # NaN/Inf guard: nothing can be learned from this rollout
+    if dist.any(skip is not None) and skip is None:
+        skip = "a reward returned a non-finite value on another process"
     if skip is not None:
         note(f"update {u + 1}: {skip}; update skipped (no optimizer step)")
         scores = torch.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
@@ -121,15 +128,15 @@ def collect(state: PPOState, u: int) -> Scored:
                      0.0)
     beta = state.kl_ctl.value if cfg.kl_in == "reward" else 0.0
     rewards = ops.shape_rewards(scores, kl, mask, beta, cfg.score_placement)
-    if cfg.whiten_rewards:
-        rewards = ops.whiten_rewards(rewards, critic_mask)
+    if cfg.whiten_rewards:  # ops.whiten_rewards, with the moments of the whole batch over all processes
+        rewards = dist.whiten(rewards, critic_mask, shift_mean=False)
     # 4. advantages: GAE with the critic, or a critic-free baseline
     advantages, returns = ops.ADVANTAGE_ESTIMATORS[cfg.advantage](
         rewards, values, critic_mask, scores, gamma=cfg.gamma, lam=cfg.lam, group_size=cfg.samples_per_prompt,
-        eps=cfg.grpo_std_eps,
+        eps=cfg.grpo_std_eps, whiten=dist.whiten,
     )
     if cfg.uses_critic and cfg.whiten_advantages:  # over the tokens the policy loss reads (N+: ~padding_mask)
-        advantages = ops.masked_whiten(advantages, mask)
+        advantages = dist.whiten(advantages, mask)
     exp = Experience(
         query_response=rollout.query_response, attention_mask=rollout.attention_mask, response_mask=mask,
         critic_mask=critic_mask, logprobs=rollout.logprobs, ref_logprobs=ref_logprobs, values=values,
@@ -230,23 +237,28 @@ def micro_batch_loss(state: PPOState, x: Experience, q: int, counts: dict[str, f
 def optimise(state: PPOState, exp: Experience, q: int, u: int) -> UpdateStats:
     """Step 5 of update ``u``: epochs × minibatches × micro-batches, one optimizer step per minibatch (gradients
     accumulated over its micro-batches); an early stop once a minibatch's approx KL passes ``target_kl``."""
-    cfg, plan = state.cfg, state.plan
+    cfg, plan, dist = state.cfg, state.plan, current(state.dist)
     train_policy = u >= cfg.critic_warmup_updates
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, "minibatch", u))
     acc = UpdateStats()
     named = state.models()
+    # the minibatches are drawn over the whole batch; this process trains on the rows of each that it sampled
+    first, last = (k * cfg.samples_per_prompt for k in dist.share_range(cfg.rollout_batch_size))
     epoch = 0
     for epoch in range(cfg.num_ppo_epochs):
         stop = False
         for mb_number, mb_idx in enumerate(plan.minibatches(g)):
-            mb = exp.select(mb_idx)
-            counts = dict(num_tokens=float(mb.response_mask.sum()), num_seqs=float(len(mb_idx)),
-                          max_len=float(mb.response_mask.shape[1]))
-            vcounts = dict(counts, num_tokens=float(mb.critic_mask.sum()))
+            mb = exp.select(mb_idx if not dist.distributed else
+                            torch.tensor([i - first for i in mb_idx.tolist() if first <= i < last], dtype=torch.long))
+            n_tok, n_crit = dist.sum([float(mb.response_mask.sum()), float(mb.critic_mask.sum())])  # whole minibatch
+            counts = dict(num_tokens=n_tok, num_seqs=float(len(mb_idx)), max_len=float(mb.response_mask.shape[1]))
+            vcounts = dict(counts, num_tokens=n_crit)
             for opt in state.optimizers.values():
                 opt.zero_grad(set_to_none=True)
             mb_kl, finite = 0.0, True
-            for micro_idx in plan.micro_batches(torch.arange(len(mb_idx))):
+            for micro_idx in plan.micro_batches(torch.arange(mb.response_mask.shape[0])):
+                if not len(micro_idx):  # this process holds no row of the minibatch
+                    continue
                 x = mb.select(micro_idx)
                 share = float(x.response_mask.sum()) / counts["num_tokens"]
                 loss, stats, pg = micro_batch_loss(state, x, q, counts, vcounts, share, train_policy)
@@ -256,9 +268,12 @@ def optimise(state: PPOState, exp: Experience, q: int, u: int) -> UpdateStats:
                 loss.backward()
                 acc.add(stats, share, pg, first_minibatch=epoch == 0 and mb_number == 0)
                 mb_kl += float(pg["approx_kl"]) * share
-            params = {k: [p for p in m.parameters() if p.grad is not None] for k, m in named.items()}
+            params = {k: [p for p in m.parameters() if p.grad is not None or (dist.distributed and p.requires_grad)]
+                      for k, m in named.items()}
             status = guarded_step(params, state.optimizers, cfg.max_grad_norm, finite,
-                                  frozen=() if train_policy else ("policy",))
+                                  frozen=() if train_policy else ("policy",), dist=dist)
+            if dist.distributed:
+                (mb_kl,) = dist.sum([mb_kl])
             if not status.stepped:
                 note(f"update {u + 1}: {status.reason}, optimizer step skipped")
             acc.step(status)
@@ -268,7 +283,54 @@ def optimise(state: PPOState, exp: Experience, q: int, u: int) -> UpdateStats:
         if stop:
             break
     acc.epochs_done = epoch + 1
+    if dist.distributed:
+        reduce_stats(acc, dist)
     return acc
+
+
+def reduce_stats(acc: UpdateStats, dist: Dist) -> None:
+    """Step 5's statistics of the whole batch: the token-weighted sums and their weights added over processes, the
+    maxima taken over them (the gradient norms and step counts are already the same on every process)."""
+    parts = dist.gather((acc.sums, acc.weights, acc.maxima, acc.first))
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for s, w, _, _ in parts:
+        for k, v in s.items():
+            sums[k] = sums.get(k, 0.0) + v
+        for k, v in w.items():
+            weights[k] = weights.get(k, 0.0) + v
+    acc.sums, acc.weights = sums, weights
+    acc.maxima = {k: max(p[2][k] for p in parts) for k in acc.maxima}
+    acc.first = {k: max(p[3][k] for p in parts) for k in acc.first}
+
+
+def whole_batch(dist: Dist, s: Scored, seq_kl: Tensor) -> tuple[Scored, Tensor]:
+    """The scored rollout of the whole batch, gathered from every process in rank order (= the one-process order,
+    each process holding a contiguous share of the prompts), for the report, the samples and the monitor. It holds
+    the response columns only (``query_length`` 0): nothing after the optimisation reads the queries."""
+    ro, ex = s.rollout, s.exp
+    mine = {"rollout": {k: getattr(ro, k) for k in ("response_mask", "has_eos", "logprobs", "prompts", "completions")},
+            "exp": {k: getattr(ex, k) for k in ("response_mask", "critic_mask", "logprobs", "ref_logprobs", "values",
+                                                 "rewards", "advantages", "returns")},
+            "gen_logprobs": s.gen_logprobs, "scores": s.scores, "parts": s.parts, "kl": s.kl, "seq_kl": seq_kl}
+    every = dist.gather(mine)
+
+    def cat(items: list[Any]) -> Any:
+        if items[0] is None:
+            return None
+        if isinstance(items[0], Tensor):
+            return torch.cat(items)
+        return [x for it in items for x in it]
+
+    r = {k: cat([e["rollout"][k] for e in every]) for k in mine["rollout"]}
+    x = {k: cat([e["exp"][k] for e in every]) for k in mine["exp"]}
+    responses = torch.zeros(r["response_mask"].shape, dtype=torch.long)
+    rollout = Rollout(query_response=responses, attention_mask=r["response_mask"], query_length=0, **r)
+    exp = Experience(query_response=responses, attention_mask=x["response_mask"], **x)
+    scored = Scored(exp, rollout, cat([e["gen_logprobs"] for e in every]), cat([e["scores"] for e in every]),
+                    {k: cat([e["parts"][k] for e in every]) for k in s.parts}, cat([e["kl"] for e in every]),
+                    s.skip, s.seconds)
+    return scored, cat([e["seq_kl"] for e in every])
 
 
 def skipped_update(cfg: PPOConfig, reason: str) -> UpdateStats:
@@ -353,6 +415,9 @@ def ppo_update(state: PPOState, u: int) -> UpdateResult:
     lrs = {k: o.param_groups[0]["lr"] for k, o in state.optimizers.items()}  # the rates this update used
     beta = state.kl_ctl.value
     seq_kl = ops.sequence_sum(ops.kl_penalty(s.rollout.logprobs, s.exp.ref_logprobs, "k1"), s.exp.response_mask)
+    dist = current(state.dist)
+    if dist.distributed:  # from here on: the whole batch, the same on every process
+        s, seq_kl = whole_batch(dist, s, seq_kl)
     if policy_trains:
         state.kl_ctl.update(float(seq_kl.mean()), state.plan.sequences)
     for k, sched in state.schedulers.items():

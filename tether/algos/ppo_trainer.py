@@ -17,7 +17,8 @@ from tether.config.base import dump
 from tether.config.ppo import PPOConfig
 from tether.console import note, progress
 from tether.engine.checkpoint import check_finite
-from tether.engine.loop import RunLoop
+from tether.engine.dist import setup as setup_dist
+from tether.engine.loop import NullMonitor, RunLoop
 from tether.engine.optim import build_optimizer, build_scheduler, set_seed
 from tether.engine.outputs import save_model_atomic
 from tether.engine.run_dir import stage_run_dir
@@ -53,7 +54,14 @@ class PPOTrainer:
     ):
         self.cfg = cfg = config
         self.output_dir = Path(cfg.output_dir)
-        self.run = stage_run_dir(cfg, restart=restart)
+        self.dist = dist = setup_dist(cfg.device)  # under torchrun: the processes, each with its share of prompts
+        if dist.device.type != "cpu":
+            raise ConfigError(f"device={cfg.device}: PPO's rollout does not run on {dist.device.type} yet; use "
+                              "device=cpu (SFT and the reward model train on CUDA)")
+        if dist.distributed and any(r.normalize == "batch" for r in cfg.rewards):
+            raise ConfigError("rewards: normalize=batch is not available on several processes yet; use one "
+                              "process, or normalize=none")
+        self.run = stage_run_dir(cfg, restart=restart, dist=dist)
         set_seed(derive_seed(cfg.seed, "init", 0))  # torch, and Python/NumPy for rewards that draw from them
         parts = load_ppo_parts(cfg, policy=policy, tokenizer=tokenizer, reward=reward, prompts=prompts,
                                reference=reference, critic=critic)
@@ -61,22 +69,27 @@ class PPOTrainer:
                   if cfg.kl_controller == "adaptive" else ops.FixedKLController(cfg.kl_coef))
         self.state = PPOState(cfg=cfg, policy=parts.policy, tokenizer=parts.tokenizer, reference=parts.reference,
                               critic=parts.critic, rewards=parts.rewards, prompts=parts.prompts, kl_ctl=kl_ctl,
-                              optimizers={}, schedulers={})
+                              optimizers={}, schedulers={}, dist=dist)
         self._build_optimizers()
         self.loop = RunLoop(self.run, total=cfg.num_updates, models=self.state.models(),
                             optimizers=self.state.optimizers, schedulers=self.state.schedulers,
                             stateful={"kl_ctl": kl_ctl}, checkpoint_every=cfg.checkpoint_every,
                             keep_checkpoints=cfg.keep_checkpoints, max_consecutive_skips=cfg.max_consecutive_skips,
                             skip_noun="update",
-                            skip_phrase="without an optimizer step (last cause: {reason})", samples_log="samples.jsonl")
+                            skip_phrase="without an optimizer step (last cause: {reason})", samples_log="samples.jsonl",
+                            dist=dist)
         # 0. watch: pre-flight checks (tether doctor's fast subset), then logs, held-out evaluation, alarms
         self.monitor: Optional[RunLogger] = None
         if not self.run.finished:
             if cfg.monitor.preflight:
                 preflight(self)
-            self.monitor = ppo_monitor(self)
-            heldout = ppo_heldout(cfg, self.policy, self.tokenizer, self.rewards, self.ref)
-            self.loop.watch(self.monitor, heldout, save_best=lambda: self.save(self.output_dir / "best"))
+            if dist.is_main:  # one process logs, evaluates held-out prompts and saves best/; the others train
+                self.monitor = ppo_monitor(self)
+                heldout = ppo_heldout(cfg, self.policy, self.tokenizer, self.rewards, self.ref)
+                self.loop.watch(self.monitor, heldout, save_best=lambda: self.save(self.output_dir / "best"))
+            else:
+                self.monitor = NullMonitor()
+                self.loop.watch(self.monitor)
 
     # ---------------------------------------------------------------- the parts, as attributes
     policy = property(lambda self: self.state.policy)
@@ -150,14 +163,16 @@ class PPOTrainer:
         if self.run.finished:
             note(f"{self.output_dir / 'final'} holds the finished run ({cfg.num_updates} updates); nothing to do")
             return self.history
-        bar = progress(total=cfg.num_updates, desc="ppo", enabled=cfg.progress, unit="update")
-        self.loop.run(self.step, bar, postfix=self.monitor.postfix)
+        bar = progress(total=cfg.num_updates, desc="ppo", enabled=cfg.progress and self.dist.is_main, unit="update")
+        self.loop.run(self.step, bar, postfix=getattr(self.monitor, "postfix", None))
         try:
-            self.save(self.output_dir / "final")
+            if self.dist.is_main:
+                self.save(self.output_dir / "final")
         except BaseException:
             self.monitor.close(report=False)
             raise
         self.monitor.close()  # writes report.html
+        self.dist.barrier()  # the other processes return once final/ is there
         return self.history
 
     def save_checkpoint(self) -> Path:

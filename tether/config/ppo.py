@@ -69,10 +69,10 @@ class PPOConfig(Section):
     """Allow model code shipped with a checkpoint to run. Off unless you trust the checkpoint."""
     pad_policy: Literal["add", "refuse"] = "add"
     """When the tokenizer has no pad token or pads with EOS: `add` a distinct `<|pad|>` token, or `refuse`."""
-    device: DeviceName = "auto"
-    """Where the models train: `auto` (a CUDA GPU when one is visible, else the CPU), `cpu`, `cuda` or `cuda:N`.
-    Under `torchrun`/`accelerate launch` each process takes its own GPU (or the CPU) and trains on its share of
-    each batch (README, "Several processes")."""
+    device: DeviceName = "cpu"
+    """Where PPO runs: `cpu` (the default). `auto`, `cuda` and `cuda:N` are accepted by name, but PPO's rollout does
+    not run on CUDA yet, so a CUDA device is refused in one line when the run starts. Under `torchrun`/`accelerate
+    launch` each process samples and trains on its share of the prompts (README, "Several processes")."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights dtype of the frozen reference and reward models (bfloat16 halves their memory; the KL to the reference
     then carries its rounding). The policy and critic always train in float32."""

@@ -107,9 +107,12 @@ class Dist:
     # ------------------------------------------------------------------ the share of each batch
     def share(self, rows: Sequence[int]) -> list[int]:
         """This rank's contiguous share of ``rows`` (sizes differ by at most one; a rank may get none)."""
-        n, w, r = len(rows), self.world_size, self.rank
-        lo, hi = r * n // w, (r + 1) * n // w
+        lo, hi = self.share_range(len(rows))
         return list(rows[lo:hi])
+
+    def share_range(self, n: int) -> tuple[int, int]:
+        """``(first, end)``: the positions of this rank's share (:meth:`share`) of ``n`` rows."""
+        return self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size
 
     # ------------------------------------------------------------------ collectives
     def sum(self, values: Sequence[float]) -> list[float]:
@@ -126,12 +129,44 @@ class Dist:
         t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=self.device)
         return bool(self.accelerator.reduce(t, reduction="max").item() > 0)
 
+    def max(self, values: Sequence[float]) -> list[float]:
+        """Element-wise maxima over ranks of a few numbers."""
+        if not self.distributed:
+            return [float(v) for v in values]
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        return [float(x) for x in self.accelerator.reduce(t, reduction="max").cpu()]
+
+    def moments(self, values: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+        """Mean and biased variance of ``values`` over the True entries of ``mask`` on *all* ranks (two passes:
+        the mean, then the squared deviations from it, summed in float64)."""
+        m = mask.bool()
+        x = values.detach().double()
+        total, count = self.sum([float(x[m].sum()), float(m.sum())])
+        if not count > 0:
+            raise ValueError("no valid entry to whiten over, on any process")
+        mean = total / count
+        (sq,) = self.sum([float(((x - mean)[m] ** 2).sum())])
+        return mean, sq / count
+
+    def whiten(self, values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+        """``ops.masked_whiten`` with the moments of the whole batch over all ranks (the rank's own on one)."""
+        from tether.ops.masking import masked_whiten
+
+        if not self.distributed:
+            return masked_whiten(values, mask, shift_mean)
+        return masked_whiten(values, mask, shift_mean, moments=self.moments(values, mask))
+
     def sum_gradients(self, params: Iterable[nn.Parameter]) -> None:
-        """Sum every parameter's gradient over ranks, in place, in one flat all-reduce (a missing gradient counts
-        as zero, so a rank without rows this step still takes part). Called once per optimizer step."""
+        """Sum every parameter's gradient over ranks, in place, in one flat all-reduce per dtype. A parameter with
+        a gradient on some rank gets a zero one where it has none (a rank without rows this step still takes
+        part); one without a gradient on every rank keeps none, as on one process. Called once per optimizer
+        step, with the same parameter list on every rank."""
         if not self.distributed:
             return
         params = [p for p in params if p.requires_grad]
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float64, device=self.device)
+        has = self.accelerator.reduce(has, reduction="max")
+        params = [p for p, h in zip(params, has.tolist()) if h > 0]
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)

@@ -101,34 +101,34 @@ def reward_to_go(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
     return advantages
 
 
-def _gae_estimator(rewards, values, mask, scores, *, gamma, lam, group_size, eps):
+def _gae_estimator(rewards, values, mask, scores, *, gamma, lam, group_size, eps, whiten=masked_whiten):
     if values is None:
         raise ValueError("advantage estimator 'gae' needs critic values")
     return gae(rewards, values, mask, gamma=gamma, lam=lam)
 
 
-def _grpo_estimator(rewards, values, mask, scores, *, gamma, lam, group_size, eps):
+def _grpo_estimator(rewards, values, mask, scores, *, gamma, lam, group_size, eps, whiten=masked_whiten):
     mask = as_mask(mask)
     return _broadcast(grpo_advantages(_returns(rewards, mask), group_size, eps), mask), None
 
 
-def _dr_grpo_estimator(rewards, values, mask, scores, *, gamma, lam, group_size, eps):
+def _dr_grpo_estimator(rewards, values, mask, scores, *, gamma, lam, group_size, eps, whiten=masked_whiten):
     mask = as_mask(mask)
     return _broadcast(grpo_advantages(_returns(rewards, mask), group_size, eps, scale=False), mask), None
 
 
-def _rloo_estimator(rewards, values, mask, scores, *, gamma, lam, group_size, eps):
+def _rloo_estimator(rewards, values, mask, scores, *, gamma, lam, group_size, eps, whiten=masked_whiten):
     mask = as_mask(mask)
     return _broadcast(rloo_advantages(_returns(rewards, mask), group_size), mask), None
 
 
-def _reinforce_pp_estimator(rewards, values, mask, scores, *, gamma, lam, group_size, eps):
+def _reinforce_pp_estimator(rewards, values, mask, scores, *, gamma, lam, group_size, eps, whiten=masked_whiten):
     """REINFORCE++: per-token return-to-go (score − β·Σ_{i≥t} KL_i), whitened over the whole batch."""
     mask = as_mask(mask)
-    return masked_whiten(reward_to_go(rewards, mask, gamma), mask), None
+    return whiten(reward_to_go(rewards, mask, gamma), mask), None
 
 
-def _reinforce_pp_baseline_estimator(rewards, values, mask, scores, *, gamma, lam, group_size, eps):
+def _reinforce_pp_baseline_estimator(rewards, values, mask, scores, *, gamma, lam, group_size, eps, whiten=masked_whiten):
     """REINFORCE++-baseline: subtract each group's mean score first, then return-to-go and global whitening."""
     mask = as_mask(mask)
     dtype = compute_dtype(rewards)
@@ -139,7 +139,7 @@ def _reinforce_pp_baseline_estimator(rewards, values, mask, scores, *, gamma, la
 
     idx = score_index(mask)
     shifted = rewards.to(dtype).scatter_add(1, idx.unsqueeze(1), -shift.unsqueeze(1))
-    return masked_whiten(reward_to_go(shifted, mask, gamma), mask), None
+    return whiten(reward_to_go(shifted, mask, gamma), mask), None
 
 
 AdvantageFn = Callable[..., tuple[Tensor, "Tensor | None"]]
@@ -152,7 +152,9 @@ ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {
     "reinforce_pp": _reinforce_pp_estimator,
     "reinforce_pp_baseline": _reinforce_pp_baseline_estimator,
 }
-"""Estimators by name. ``gae`` needs a critic; the others need none. Group estimators need group_size ≥ 2."""
+"""Estimators by name. ``gae`` needs a critic; the others need none. Group estimators need group_size ≥ 2. Each
+takes ``whiten`` (default :func:`masked_whiten`): the whitening of the REINFORCE++ estimators, which a caller with
+the batch split over processes replaces by one with the whole batch's moments."""
 
 GROUP_ESTIMATORS = frozenset({"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"})
 CRITIC_ESTIMATORS = frozenset({"gae"})

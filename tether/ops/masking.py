@@ -91,17 +91,22 @@ def masked_var(values: Tensor, mask: Tensor) -> Tensor:
     return masked_mean((values.to(mean.dtype) - mean) ** 2, mask)
 
 
-def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  moments: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Whiten over the valid entries: ``(x − μ)/sqrt(σ² + eps)``; with ``shift_mean=False`` the mean is added back.
 
-    Pads are set to 0. μ and σ² are the masked mean and biased variance.
+    Pads are set to 0. μ and σ² are the masked mean and biased variance, or ``moments`` = (μ, σ²) when given: those
+    of a larger batch this one is part of (the whole batch over several processes, reduced by the caller).
     Shapes: values, mask (...) → (...) float32 (float64 in, float64 out).
     Reference: ppo_details.md I1, F4.
     Oracle: tests/ops/test_masking.py::test_masked_whiten_moments, ::test_masked_whiten_tf_example
     """
     mask = as_mask(mask)
-    mean = masked_mean(values, mask)
-    var = masked_var(values, mask)
+    if moments is None:
+        mean, var = masked_mean(values, mask), masked_var(values, mask)
+    else:
+        dtype = to_compute(values).dtype
+        mean, var = (torch.as_tensor(m, dtype=dtype, device=values.device) for m in moments)
     x = values.to(mean.dtype)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
