@@ -4,9 +4,11 @@ whole batch (float64, weights to 1e-6 relative, logged loss and gradient norm to
 from __future__ import annotations
 
 import pytest
-from conftest import assert_weights_close, load_weights, records, run_worker
+from _dist import assert_weights_close, load_weights, records, run_worker
 
 from _tiny import gpt2_lm, gpt2_rm, gpt2_tok, toy_pairs, toy_sft, write_jsonl
+
+pytestmark = pytest.mark.xdist_group("distributed")
 
 
 def _compare(tmp_path, stage: str, cfg: dict, keys: tuple[str, ...]) -> None:

@@ -5,7 +5,7 @@ with sampling, to 1e-6 relative, and the logged statistics of the whole batch; r
 from __future__ import annotations
 
 import pytest
-from conftest import assert_weights_close, load_weights, records, run_worker
+from _dist import assert_weights_close, load_weights, records, run_worker
 
 COMMON = {"num_updates": 2, "rollout_batch_size": 4, "num_minibatches": 2, "micro_batch_size": 2,
           "num_ppo_epochs": 2, "response_length": 6, "lr": 3e-3, "critic_lr": 3e-3, "lr_schedule": "constant",
@@ -14,6 +14,8 @@ COMMON = {"num_updates": 2, "rollout_batch_size": 4, "num_minibatches": 2, "micr
 KEYS = ("objective/score", "objective/kl", "objective/kl_coef", "objective/entropy", "response/length_mean",
         "policy/loss", "policy/clipfrac", "policy/approx_kl", "policy/ratio_max", "policy/grad_norm", "value/loss",
         "value/grad_norm", "value/explained_variance", "value/mean", "train/optimizer_steps")
+
+pytestmark = pytest.mark.xdist_group("distributed")
 
 
 @pytest.mark.parametrize("estimator", ["gae", "grpo"])

@@ -26,7 +26,9 @@ import torch
 from torch import nn
 
 from tether.config.base import _device
-from tether.errors import ConfigError
+import functools
+
+from tether.errors import ConfigError, TrainingError
 
 
 
@@ -85,6 +87,24 @@ def _accelerator(cpu: bool) -> Any:
     return _ACCELERATOR
 
 
+def _collective(fn):
+    """A collective of :class:`Dist`: a peer that died (its connection closed) or never came within the process
+    group's timeout becomes one line, ``TrainingError``, instead of a backend traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        if not self.distributed:
+            return fn(self, *args, **kwargs)
+        try:
+            return fn(self, *args, **kwargs)
+        except RuntimeError as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise TrainingError(f"process {self.rank} of {self.world_size}: another process of this run failed or "
+                                f"stopped answering (its own message says why; {first})") from None
+
+    return wrapper
+
+
 @dataclass
 class Dist:
     """The device and the processes of a run (module docstring). ``accelerator``: accelerate's ``Accelerator`` when
@@ -115,6 +135,7 @@ class Dist:
         return self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size
 
     # ------------------------------------------------------------------ collectives
+    @_collective
     def sum(self, values: Sequence[float]) -> list[float]:
         """Element-wise sums over ranks of a few numbers (float64 on the way, so counts stay exact)."""
         if not self.distributed:
@@ -122,6 +143,7 @@ class Dist:
         t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
         return [float(x) for x in self.accelerator.reduce(t, reduction="sum").cpu()]
 
+    @_collective
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is True on any rank (the agreement on stops and skips)."""
         if not self.distributed:
@@ -129,6 +151,7 @@ class Dist:
         t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=self.device)
         return bool(self.accelerator.reduce(t, reduction="max").item() > 0)
 
+    @_collective
     def max(self, values: Sequence[float]) -> list[float]:
         """Element-wise maxima over ranks of a few numbers."""
         if not self.distributed:
@@ -156,6 +179,7 @@ class Dist:
             return masked_whiten(values, mask, shift_mean)
         return masked_whiten(values, mask, shift_mean, moments=self.moments(values, mask))
 
+    @_collective
     def sum_gradients(self, params: Iterable[nn.Parameter]) -> None:
         """Sum every parameter's gradient over ranks, in place, in one flat all-reduce per dtype. A parameter with
         a gradient on some rank gets a zero one where it has none (a rank without rows this step still takes
@@ -182,6 +206,7 @@ class Dist:
                 p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
                 offset += n
 
+    @_collective
     def gather(self, obj: Any) -> list[Any]:
         """``obj`` of every rank, in rank order, on every rank (small objects: RNG states)."""
         if not self.distributed:
@@ -190,6 +215,7 @@ class Dist:
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    @_collective
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""
         if not self.distributed:
@@ -198,6 +224,7 @@ class Dist:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
+    @_collective
     def barrier(self) -> None:
         if self.distributed:
             self.accelerator.wait_for_everyone()

@@ -1,7 +1,8 @@
 """Helpers of the multi-process tests: start N processes with ``torchrun`` on the CPU (gloo), compare saved weights.
 
-Every test here is in the xdist group ``distributed``, so ``make test`` (``--dist loadgroup``) never runs two of
-these multi-process tests at once on a 2-core machine."""
+Every test module here sets ``pytestmark = pytest.mark.xdist_group("distributed")``, so ``make test``
+(``--dist loadgroup``) never runs two of these multi-process tests at once on a 2-core machine. (No conftest.py
+here: it would shadow tests/conftest.py for the helpers that import from it.)"""
 
 from __future__ import annotations
 
@@ -16,12 +17,6 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "stages"))
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if Path(str(item.fspath)).parent == HERE:
-            item.add_marker(pytest.mark.xdist_group("distributed"))
 
 
 def torchrun(args: list[str], nproc: int = 2, timeout: float = 180, env: dict | None = None,
