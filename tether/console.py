@@ -8,6 +8,7 @@ monitor import it; it imports nothing of tether.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Any, Optional, TextIO
 
@@ -30,8 +31,12 @@ def say(message: str) -> None:
 
 
 def out(message: str) -> None:
-    """``message`` on stdout (results and stage summaries), flushed, without breaking a bar on stderr."""
+    """``message`` on stdout (results and stage summaries), flushed, without breaking a bar on stderr. Under a
+    launcher of several processes only the main one (``RANK`` 0) prints them: the summaries are the same on all."""
     from tqdm.auto import tqdm
+
+    if os.environ.get("RANK", "0") != "0":
+        return
 
     tqdm.write(message, file=sys.stdout)
     sys.stdout.flush()

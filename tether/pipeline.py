@@ -20,7 +20,9 @@ def finished(cfg: Any, *, force: bool = False) -> bool:
     Raises ``CheckpointError`` (one line) when its output directory holds a run that this config cannot continue."""
     from tether.engine.run_dir import stage_run_dir
 
-    return stage_run_dir(cfg, restart=force).finished
+    from tether.engine.dist import setup
+
+    return stage_run_dir(cfg, restart=force, dist=setup(cfg.device)).finished
 
 
 def _where(output_dir, *models: str) -> str:

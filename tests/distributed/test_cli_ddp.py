@@ -33,17 +33,19 @@ def finals(out: Path) -> str:
 
 def test_ppo_cli_two_processes_one_set_of_outputs_and_kill_resume_bit_identical(tmp_path, tiny_policy, data_dir):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    proc = tether2(ppo_argv(whole, tiny_policy, data_dir))
+    short = ("num_updates=3", "checkpoint_every=1")
+    tether2(ppo_argv(whole, tiny_policy, data_dir, *short))
     rows = metrics(whole / "metrics.jsonl")
-    assert [r["update"] for r in rows] == [1, 2, 3, 4, 5]  # one writer
+    assert [r["update"] for r in rows] == [1, 2, 3]  # one writer
     assert len(list((whole / "tb").rglob("events.*"))) == 1
     assert (whole / "final" / "model.safetensors").is_file() and (whole / "report.html").is_file()
     assert not list(whole.rglob("*.tmp-*"))
-    # SIGKILL on both ranks after update 3 (the checkpoint of update 2 is the newest), then the same command again
-    proc = tether2(ppo_argv(killed, tiny_policy, data_dir), env={"TETHER_TEST_KILL_AT": "after-update:3"},
+    # SIGKILL on both ranks after update 2 (the checkpoint of update 1 is the newest), then the same command again
+    proc = tether2(ppo_argv(killed, tiny_policy, data_dir, *short), env={"TETHER_TEST_KILL_AT": "after-update:2"},
                    check=False)
     assert proc.returncode != 0 and not (killed / "final").exists()
-    tether2(ppo_argv(killed, tiny_policy, data_dir))
+    assert (killed / "checkpoints" / "update-000001").is_dir() and not (killed / "checkpoints" / "update-000002").exists()
+    tether2(ppo_argv(killed, tiny_policy, data_dir, *short))
     assert finals(killed) == finals(whole)
     assert metrics(killed / "metrics.jsonl") == rows
 
@@ -74,3 +76,26 @@ def test_a_rank_that_raises_takes_the_other_down_in_one_line(tmp_path, tiny_poli
     # no traceback through tether's code on either rank (torchrun's own report of the failure follows them)
     assert not [ln for ln in proc.stderr.splitlines() if '/tether/' in ln and '.py", line' in ln], proc.stderr[-3000:]
     assert not (out / "final").exists()
+
+
+def test_pipeline_under_torchrun_gives_the_models_of_one_process(tmp_path, tiny_policy, data_dir):
+    """SFT and the reward model of ``tether pipeline`` on 2 processes equal those of 1 process (float32: to float
+    reduction order); PPO runs on their outputs and writes one set of files; the summaries are printed once."""
+    from _dist import assert_weights_close, load_weights
+
+    def argv(out: Path) -> list[str]:
+        return ["pipeline", f"output_dir={out}", f"sft.model={tiny_policy}", f"sft.train_file={data_dir / 'sft.jsonl'}",
+                "sft.max_steps=2", "sft.batch_size=4", "sft.eval_fraction=0", "sft.max_length=32", "sft.lr=3e-3",
+                f"rm.model={tiny_policy}", f"rm.train_file={data_dir / 'pairs.jsonl'}", "rm.max_steps=2",
+                "rm.batch_size=4", "rm.eval_fraction=0", "rm.max_length=32", "rm.lr=3e-3",
+                f"ppo.prompts={data_dir / 'prompts.jsonl'}", "ppo.num_updates=1", "ppo.rollout_batch_size=4",
+                "ppo.micro_batch_size=2", "ppo.num_ppo_epochs=1", "ppo.response_length=4"]
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_cli(argv(one)) == 0
+    proc = tether2(argv(two))
+    for stage in ("sft", "rm"):
+        assert_weights_close(load_weights(one / stage), load_weights(two / stage), rtol=1e-4)
+    assert proc.stdout.count("[ppo] done") == 1 and proc.stdout.count("[sft] done") == 1
+    assert len((two / "ppo" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert (two / "ppo" / "final" / "model.safetensors").is_file()
