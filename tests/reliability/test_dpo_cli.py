@@ -42,8 +42,10 @@ def reference(tiny_policy, data_dir, tmp_path_factory):  # noqa: F811
     return get
 
 
-KILLS = [(False, "after-step:5"), (False, "checkpoint-write:step-000006"), (False, "model-swap:final"),
-         (True, "after-step:5"), (True, "after-step:2")]
+KILLS = [(False, "after-step:5"),   # between checkpoints 3 and 6, mid-epoch 2; best/ of step 3 on disk
+         (False, "after-step:8"),   # the last step done, no final checkpoint, no final/
+         (True, "after-step:5"),    # resumed from step 3: the reference scores come from the checkpoint
+         (True, "after-step:2")]    # before the first checkpoint: a fresh start scores them again
 
 
 @pytest.mark.parametrize("precompute,kill_at", KILLS, ids=[f"{'pre' if p else 'live'}-{k}" for p, k in KILLS])
