@@ -182,6 +182,25 @@ def test_max_length_truncates_and_is_logged(tmp_path, caplog):
     assert any("were truncated" in r.getMessage() and "max_length=8" in r.getMessage() for r in caplog.records)
 
 
+def test_readme_dpo_block_runs(tmp_path, monkeypatch, capsys):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "train_dpo(" in b)
+    monkeypatch.chdir(tmp_path)
+    model, tok = _model()
+    model.save_pretrained(tmp_path / "runs" / "sft")
+    tok.save_pretrained(tmp_path / "runs" / "sft")
+    write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(24))
+    exec(compile(block, "README.md", "exec"), {})
+    loss, accuracy = (float(x) for x in capsys.readouterr().out.split())
+    assert math.isfinite(loss) and 0.0 <= accuracy <= 1.0
+    out = tmp_path / "runs" / "readme-dpo"
+    assert (out / "final" / "model.safetensors").is_file() and (out / "best" / "model.safetensors").is_file()
+    assert (out / "reference_logps.safetensors").is_file()
+
+
 # ------------------------------------------------------------------------------------------------ encoding
 
 
