@@ -182,6 +182,44 @@ def test_max_length_truncates_and_is_logged(tmp_path, caplog):
     assert any("were truncated" in r.getMessage() and "max_length=8" in r.getMessage() for r in caplog.records)
 
 
+def test_grad_accum_equals_the_larger_batch(tmp_path):
+    """The loss of a step is the mean over all its pairs: 2 micro-batches of 2 step as 1 of 4 does (to float
+    rounding, which AdamW's first normalised steps magnify on near-zero gradients: 1 % of the movement)."""
+    _, one = _run(tmp_path, "one", max_steps=3, batch_size=4)
+    _, two = _run(tmp_path, "two", max_steps=3, batch_size=2, grad_accum=2)
+    for a, b in zip(_steps(one), _steps(two)):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5) and b["rewards/margin"] == pytest.approx(
+            a["rewards/margin"], abs=1e-5)
+    init = _model()[0].state_dict()
+    wa = load_causal_lm(tmp_path / "one" / "final").state_dict()
+    wb = load_causal_lm(tmp_path / "two" / "final").state_dict()
+    moved = max(float((wa[k] - init[k]).abs().max()) for k in init if k in wa and wa[k].shape == init[k].shape)
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 0.01 * moved
+
+
+def test_chat_and_implicit_prompt_pairs(tmp_path):
+    """Chat pairs train (a template-less tokenizer gets the fallback template, saved with the policy), and
+    implicit-prompt pairs (chosen/rejected alone) encode as the explicit prompt/chosen/rejected pairs do."""
+    chat = [{"prompt": [{"role": "user", "content": f"Review the {r['prompt'].split()[-1][:-1]}"}],
+             "chosen": [{"role": "assistant", "content": r["chosen"].strip()}],
+             "rejected": [{"role": "assistant", "content": r["rejected"].strip()}]} for r in toy_pairs(16)]
+    train = write_jsonl(tmp_path / "chat.jsonl", chat)
+    cfg = DPOConfig(output_dir=str(tmp_path / "run"), train_file=str(train), eval_fraction=0.25, max_steps=2,
+                    max_length=48, checkpoint_every=0, log_every=1)
+    res = train_dpo(cfg, model=_model()[0], tokenizer=gpt2_tok(), progress=False)
+    assert _steps(res)[0]["loss"] == pytest.approx(math.log(2), rel=1e-6)
+    assert load_tokenizer(tmp_path / "run" / "final").chat_template
+    from tether.data.readers import read_records
+
+    explicit = toy_pairs(4)
+    implicit = [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in explicit]
+    tok = gpt2_tok()
+    a, _ = tokenize_dpo_pairs(read_records(explicit, "preference"), tok, max_length=64)
+    b, _ = tokenize_dpo_pairs(read_records(implicit, "preference"), tok, max_length=64)
+    for x, y in zip(a, b):
+        assert x["chosen_ids"] == y["chosen_ids"] and x["rejected_ids"] == y["rejected_ids"]
+
+
 def test_readme_dpo_block_runs(tmp_path, monkeypatch, capsys):
     import re
     from pathlib import Path
