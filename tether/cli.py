@@ -138,8 +138,8 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 RUNNERS: dict[str, Callable[[Any], int]] = {
-    "sft": _run_sft, "rm": _run_rm, "dpo": _run_dpo, "ppo": _run_ppo, "pipeline": _run_pipeline, "eval": _run_eval, "demo": _run_demo,
-    "doctor": _run_doctor,
+    "sft": _run_sft, "rm": _run_rm, "dpo": _run_dpo, "ppo": _run_ppo, "pipeline": _run_pipeline, "eval": _run_eval,
+    "demo": _run_demo, "doctor": _run_doctor,
 }
 
 

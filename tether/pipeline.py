@@ -1,4 +1,5 @@
-"""Run SFT → reward model → PPO (or SFT → DPO), each stage's output feeding the next (wiring: ``tether.config.pipeline``).
+"""Run SFT → reward model → PPO (or SFT → DPO), each stage's output feeding the next (wiring:
+``tether.config.pipeline``).
 
 A stage is skipped when its output directory already holds its finished model made with the same config (up to the
 fields a resume may change; ``tether.engine.run_dir``) and no stage before it was re-run; an interrupted stage

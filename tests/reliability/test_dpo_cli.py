@@ -124,7 +124,8 @@ def test_trl_names():
 
 
 def _pipeline(out, policy, data, *extra):
-    return ["pipeline", f"output_dir={out}", "method=dpo", f"sft.model={policy}", f"sft.train_file={data / 'sft.jsonl'}",
+    return ["pipeline", f"output_dir={out}", "method=dpo", f"sft.model={policy}",
+            f"sft.train_file={data / 'sft.jsonl'}",
             "sft.max_steps=2", "sft.batch_size=2", "sft.eval_fraction=0", f"dpo.train_file={data / 'pairs.jsonl'}",
             "dpo.max_steps=3", "dpo.batch_size=4", "dpo.max_length=32", "dpo.lr=1e-3", "dpo.log_every=1",
             *extra]
@@ -153,7 +154,8 @@ def test_pipeline_sft_then_dpo_end_to_end_and_skip(tiny_policy, data_dir, tmp_pa
                                           (["method=grpo"], "method")])
 def test_pipeline_dpo_wiring_errors(extra, expect, tiny_policy, data_dir, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "pipe"
-    argv = [a for a in _pipeline(out, tiny_policy, data_dir) if not (a == "method=dpo" and extra[0].startswith("method"))]
+    argv = [a for a in _pipeline(out, tiny_policy, data_dir)
+            if not (a == "method=dpo" and extra[0].startswith("method"))]
     assert main([*argv, *extra]) == 2
     assert expect in _one_error(capsys)
     assert not out.exists()

@@ -4,10 +4,12 @@ where the meaning differs.
 An alias is resolved on the user's mapping (YAML file plus command-line overrides) *before* validation, at every
 nesting level (``ppo.learning_rate`` in a pipeline is ``ppo.lr``), so a config is still built and validated once and
 is saved under tether's own names. The Python API takes tether's names only. The semantics were checked against TRL
-0.29.1 (``PPOConfig``/``GRPOConfig``/``SFTConfig``/``RewardConfig``/``DPOConfig``, all ``TrainingArguments``): where TRL's number
+0.29.1 (``PPOConfig``/``GRPOConfig``/``SFTConfig``/``RewardConfig``, all ``TrainingArguments``): where TRL's number
 means something else (its batch sizes are per device and tie the rollout batch to the micro-batch), the alias refuses
 with one line saying which tether options to set and to what. ``docs/cli.md`` carries the table
-(:func:`migration_table`, checked by a test).
+(:func:`migration_table`, checked by a test). ``tether dpo`` takes the step-counted stages' ``Trainer`` names and
+the names of TRL's ``DPOConfig`` options it has (``beta``, ``loss_type``, ``label_smoothing``, ``max_length``,
+``max_prompt_length``, ``precompute_ref_log_probs``).
 """
 
 from __future__ import annotations

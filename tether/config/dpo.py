@@ -1,8 +1,8 @@
 """``DPOConfig``: direct preference optimisation (DPO, or IPO) of a causal LM on preference pairs, against a frozen
 reference (the starting model).
 
-Defaults follow TRL's ``DPOConfig`` (0.29: β 0.1, sigmoid loss, lr 1e-6, linear decay) where tether has the same
-option; the batch sizes are sized for a small model on a 2-core CPU.
+Defaults follow TRL's ``DPOConfig`` where tether has the same option (β 0.1, sigmoid loss, no label smoothing, lr
+1e-6, ``Trainer``'s linear decay and AdamW ε 1e-8); the batch sizes are sized for a small model on a 2-core CPU.
 """
 
 from __future__ import annotations

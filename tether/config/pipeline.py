@@ -3,8 +3,8 @@ sentiment demo).
 
 Wiring rule: each stage's output feeds the next. The SFT output is the PPO policy (and, through PPO's default, its
 frozen reference); the reward-model output is the PPO reward. With ``method: dpo`` the SFT output is the DPO model
-(policy and frozen reference), and there is no reward model and no PPO stage. The reward model has its own backbone (``rm.model``,
-e.g. MiniLM or the SFT model's path if you want a decoder RM). The wiring is applied to the user's nested mapping
+(policy and frozen reference), and there is no reward model and no PPO stage. The reward model has its own backbone
+(``rm.model``, e.g. MiniLM or the SFT model's path if you want a decoder RM). The wiring is applied to the user's nested mapping
 *before* validation (a ``mode="before"`` validator), so each stage config is built and validated exactly once and
 never rewritten afterwards; setting a wired key yourself is an error that names the key to set instead.
 """

@@ -79,8 +79,8 @@ def final_metrics(stage: str, metrics: Mapping[str, Any] | Sequence[Mapping[str,
 
 def model_card(stage: str, cfg: Any, metrics: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
                notes: Sequence[str] = ()) -> str:
-    """``README.md`` text for the output of ``stage`` (``"sft"``, ``"rm"``, ``"ppo"`` or ``"dpo"``) trained with ``cfg`` (a
-    stage config or its dump). ``metrics``: the final numbers (a mapping) or the run's metric records; ``notes``:
+    """``README.md`` text for the output of ``stage`` (``"sft"``, ``"rm"``, ``"ppo"`` or ``"dpo"``) trained with
+    ``cfg`` (a stage config or its dump). ``metrics``: the final numbers (a mapping) or the run's metric records; ``notes``:
     extra lines (e.g. where a reward model's normalisation lives)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
