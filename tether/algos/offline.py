@@ -1,4 +1,4 @@
-"""What the offline stages (SFT, RM) share around their loss: the schedule, the optimizer and the run loop over a
+"""What the offline stages (SFT, RM, DPO) share around their loss: the schedule, the optimizer and the run loop over a
 seeded epoch order (:func:`start_offline_run`), and the guarded optimizer step (:func:`offline_step`)."""
 
 from __future__ import annotations
@@ -41,13 +41,15 @@ class OfflineRun:
         return [s for s in (self.dist.share(mb) for mb in group) if s]
 
 
-def start_offline_run(run: RunDir, cfg: Any, model: nn.Module, n_rows: int, stage: str,
-                      dist: Dist | None = None) -> OfflineRun:
+def start_offline_run(run: RunDir, cfg: Any, model: nn.Module, n_rows: int, stage: str, *, heldout: Any = None,
+                      save_best: Any = None, dist: Dist | None = None) -> OfflineRun:
     """The schedule (``num_epochs`` × ⌈micro-batches / ``grad_accum``⌉ steps, at most ``max_steps``), AdamW, the
     learning-rate schedule and the :class:`RunLoop` over ``n_rows`` rows — fresh, or continued from a checkpoint
     (weights, optimizer, schedule, data order, RNG, logs) — watched by the stage logger (TensorBoard,
-    ``run_info.json``; the report once the model is saved). With several processes (``dist``) the order is the
-    global one (``batch_size`` rows per micro-batch over all processes) and each process trains on its share."""
+    ``run_info.json``; the report once the model is saved); ``heldout``/``save_best``: a held-out evaluation the
+    loop runs when due and the save of its best result (:meth:`RunLoop.watch`; DPO). With several processes
+    (``dist``) the order is the global one (``batch_size`` rows per micro-batch over all processes) and each
+    process trains on its share."""
     dist = current(dist)
     total_steps = cfg.num_epochs * math.ceil(math.ceil(n_rows / cfg.batch_size) / cfg.grad_accum)
     if cfg.max_steps is not None:
@@ -63,7 +65,10 @@ def start_offline_run(run: RunDir, cfg: Any, model: nn.Module, n_rows: int, stag
                    checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
                    max_consecutive_skips=cfg.max_consecutive_skips, skip_noun="optimizer step",
                    skip_phrase="skipped for a non-finite loss or gradient", dist=dist)
-    loop.watch(stage_logger(run.out, cfg, stage) if dist.is_main else NullMonitor())
+    if dist.is_main:
+        loop.watch(stage_logger(run.out, cfg, stage), heldout, save_best)
+    else:
+        loop.watch(NullMonitor())
     return OfflineRun(loop, optimizer, scheduler, params, order.groups(), total_steps, cfg.max_grad_norm, dist)
 
 

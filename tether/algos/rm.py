@@ -342,7 +342,7 @@ def train_rm(
                     cfg.train_file, cut, len(train_ex), max_length, how)
 
     # 2. schedule and the run: fresh, or continued from a checkpoint
-    r = start_offline_run(run, cfg, model, len(train_ex), "rm", dist)
+    r = start_offline_run(run, cfg, model, len(train_ex), "rm", dist=dist)
     loop, scheduler, total_steps, groups = r.loop, r.scheduler, r.total_steps, r.groups
     model.train()
 

@@ -204,7 +204,7 @@ def train_sft(
     rows = pack_sft(train_ex, max_length) if cfg.packing else train_ex
 
     # 2. schedule and the run: fresh, or continued from a checkpoint
-    r = start_offline_run(run, cfg, model, len(rows), "sft", dist)
+    r = start_offline_run(run, cfg, model, len(rows), "sft", dist=dist)
     loop, scheduler, total_steps, groups = r.loop, r.scheduler, r.total_steps, r.groups
     pad_id = tokenizer.pad_token_id
     model.train()

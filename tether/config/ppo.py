@@ -72,7 +72,8 @@ class PPOConfig(Section):
     device: DeviceName = "cpu"
     """Where PPO runs: `cpu` (the default). `auto`, `cuda` and `cuda:N` are accepted by name, but PPO's rollout does
     not run on CUDA yet, so a CUDA device is refused in one line when the run starts. Under `torchrun`/`accelerate
-    launch` each process samples and trains on its share of the prompts (README, "Several processes")."""
+    launch` each process samples and trains on its share of the prompts (README, "Devices and several
+    processes")."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights dtype of the frozen reference and reward models (bfloat16 halves their memory; the KL to the reference
     then carries its rounding). The policy and critic always train in float32."""

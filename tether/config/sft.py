@@ -37,7 +37,7 @@ class SFTConfig(StepRun):
     device: DeviceName = "auto"
     """Where the models train: `auto` (a CUDA GPU when one is visible, else the CPU), `cpu`, `cuda` or `cuda:N`.
     Under `torchrun`/`accelerate launch` each process takes its own GPU (or the CPU) and trains on its share of
-    each batch (README, "Several processes")."""
+    each batch (README, "Devices and several processes")."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Compute dtype while training: `bfloat16` runs the forwards under `torch.autocast` (bf16 matmuls) while the
     weights and AdamW state stay float32 master copies, so small updates are not rounded away; the loss is float32
