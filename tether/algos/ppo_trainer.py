@@ -150,7 +150,8 @@ class PPOTrainer:
         if self.run.finished:
             note(f"{self.output_dir / 'final'} holds the finished run ({cfg.num_updates} updates); nothing to do")
             return self.history
-        bar = progress(total=cfg.num_updates, desc="ppo", enabled=cfg.progress, unit="update")
+        bar = progress(total=cfg.num_updates, desc="ppo", enabled=cfg.progress, unit="update",
+                       every=self.monitor.cfg.log_every)
         self.loop.run(self.step, bar, postfix=self.monitor.postfix)
         try:
             self.save(self.output_dir / "final")

@@ -382,7 +382,8 @@ def train_rm(
         loop.log(record)
 
     bar_text: dict[str, str] = {}
-    loop.run(step, progress_bar(total=total_steps, enabled=progress, desc="rm"), postfix=lambda: bar_text)
+    bar = progress_bar(total=total_steps, enabled=progress, desc="rm", every=cfg.log_every)
+    loop.run(step, bar, postfix=lambda: bar_text)
     model.eval()
     step, ev = loop.step, loop.extra.get("ev")
     metrics = loop.history

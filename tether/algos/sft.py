@@ -243,7 +243,8 @@ def train_sft(
         loop.log(record)
 
     bar_loss: dict[str, str] = {}
-    loop.run(step, progress_bar(total=total_steps, enabled=progress, desc="sft"), postfix=lambda: bar_loss)
+    bar = progress_bar(total=total_steps, enabled=progress, desc="sft", every=cfg.log_every)
+    loop.run(step, bar, postfix=lambda: bar_loss)
     model.eval()
 
     # 4. save
