@@ -28,11 +28,10 @@ from typing import Any, Optional
 
 from tether.config.monitor import AlarmConfig, MonitorConfig
 from tether.console import warn
-from tether.errors import ConfigError
 from tether.monitor.alarms import Alarm, AlarmChecker, AlarmError, check_all, text_stats
 from tether.monitor.report import write_report
 from tether.monitor.run_files import library_versions, write_bytes_atomic, write_text_atomic
-from tether.monitor.trackers import STATE_FILE, Trackers, check_trackers
+from tether.monitor.trackers import STATE_FILE, Trackers, stage_monitor, tracker_names
 
 
 @dataclass
@@ -90,13 +89,7 @@ class RunLogger:
         self.started = False
         self.fresh = True
         self._run_config = run_config
-        self.names = self.cfg.trackers()
-        if "tensorboard" in self.names and "report_to" not in self.cfg.model_fields_set:
-            try:  # TensorBoard by default: skipped quietly when its package is missing
-                check_trackers(["tensorboard"])
-            except ConfigError:
-                self.names.remove("tensorboard")
-        check_trackers(self.names, "monitor.report_to" if stage == "ppo" else "report_to")  # before any training
+        self.names = tracker_names(self.cfg, "monitor.report_to" if stage == "ppo" else "report_to")  # missing: now
         self.trackers: Optional[Trackers] = None
 
     def _start(self, first_step: Optional[int] = None) -> None:
@@ -235,6 +228,5 @@ must keep these when it swaps the model directory in."""
 def stage_logger(run_dir: str | Path, run_config: Any, stage: str) -> RunLogger:
     """The logger of an SFT or reward-model run: its ``report_to`` trackers and ``run_info.json`` as the steps are
     logged, the report at :meth:`RunLogger.close`; no PPO alarms (they read PPO metrics), steps counted by ``step``."""
-    given = {"report_to": run_config.report_to} if "report_to" in getattr(run_config, "model_fields_set", ()) else {}
-    return RunLogger(run_dir, MonitorConfig(alarms=AlarmConfig(enabled=False), **given), run_config=run_config,
-                     stage=stage, step_key="step", quiet=True)
+    return RunLogger(run_dir, stage_monitor(run_config), run_config=run_config, stage=stage, step_key="step",
+                     quiet=True)

@@ -7,7 +7,8 @@ tables where the tracker has them), logs the config once per tracker run, and ke
 
 Resuming: W&B (``id`` with ``resume="allow"``), MLflow (``run_id``) and trackio (the run name with ``resume="allow"``)
 continue the same run; steps the interrupted process had already sent are not sent again, so no step appears twice
-(a resumed run repeats those steps with the same numbers). TensorBoard instead drops what the interrupted process
+(a resumed run repeats those steps with the same numbers; W&B buffers, so a process killed outright may lose its
+last steps there, never double them). TensorBoard instead drops what the interrupted process
 wrote from the resumed step on (``purge_step``), so its curve is the resumed run's.
 """
 
@@ -45,6 +46,33 @@ def check_trackers(names: Sequence[str], field: str = "report_to") -> None:
             extra = "pip install 'tether[report]'" if name == "tensorboard" else EXTRA
             raise ConfigError(f"{field}: {name} needs the `{_PACKAGES[name]}` package, which is not installed "
                               f"({extra}), or drop {name} from {field}")
+
+
+def tracker_names(monitor: Any, field: str = "report_to") -> list[str]:
+    """The trackers a run with ``monitor`` (a ``MonitorConfig``) logs to, checked (:func:`check_trackers`):
+    TensorBoard by default is dropped quietly when its package is missing, named explicitly it is required."""
+    names = monitor.trackers()
+    if "tensorboard" in names and "report_to" not in monitor.model_fields_set and not _available("tensorboard"):
+        names.remove("tensorboard")
+    check_trackers(names, field)
+    return names
+
+
+def stage_monitor(cfg: Any) -> Any:
+    """The ``MonitorConfig`` of a stage config: its ``monitor`` section (PPO), or the defaults with the stage's own
+    ``report_to`` (SFT, RM) and no PPO alarms."""
+    from tether.config.monitor import AlarmConfig, MonitorConfig
+
+    section = getattr(cfg, "monitor", None)
+    if isinstance(section, MonitorConfig):
+        return section
+    given = {"report_to": cfg.report_to} if "report_to" in getattr(cfg, "model_fields_set", ()) else {}
+    return MonitorConfig(alarms=AlarmConfig(enabled=False), **given)
+
+
+def check_stage_trackers(cfg: Any) -> None:
+    """Refuse a stage config whose trackers are not installed; stages call it first, before loading anything."""
+    tracker_names(stage_monitor(cfg), "monitor.report_to" if hasattr(cfg, "monitor") else "report_to")
 
 
 def flat_config(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -109,9 +137,7 @@ class Trackers:
         from accelerate.tracking import WandBTracker
 
         project = self.wandb_project or os.environ.get("WANDB_PROJECT") or "tether"
-        kwargs: dict[str, Any] = {"name": self.run_dir.name}
-        if not os.environ.get("WANDB_DIR"):
-            kwargs["dir"] = str(self.run_dir)
+        kwargs: dict[str, Any] = {"name": self.run_dir.name, "dir": os.environ.get("WANDB_DIR") or str(self.run_dir)}
         if kept:
             kwargs.update(id=kept["id"], resume="allow")
         return WandBTracker(project, **kwargs)
@@ -146,7 +172,7 @@ class Trackers:
             kept = self.state.get(name)
             if kept is not None and step <= kept["step"]:
                 continue  # the interrupted process sent this step already
-            tracker.log(dict(scalars), step=step)
+            tracker.log(self._keys(name, scalars), step=step)
             if samples and name == "tensorboard":
                 tracker.writer.add_text("samples", markdown, step)
             elif samples and name == "wandb":
@@ -157,6 +183,20 @@ class Trackers:
                 kept["step"], sent = step, True
         if sent:
             self._write_state()
+
+    def _keys(self, name: str, scalars: Mapping[str, float]) -> dict[str, float]:
+        """The numbers as ``name`` takes them: the same keys, except that MLflow's file store (a directory per key
+        part) cannot hold both ``objective/score`` and ``objective/score/rm``, so there ``/`` is written ``.``."""
+        if name == "mlflow" and self._mlflow_file_store():
+            return {k.replace("/", "."): v for k, v in scalars.items()}
+        return dict(scalars)
+
+    @staticmethod
+    def _mlflow_file_store() -> bool:
+        import mlflow
+
+        uri = mlflow.get_tracking_uri()
+        return uri.startswith("file:") or "://" not in uri
 
     def text(self, key: str, text: str, step: int) -> None:
         """A text entry (alarms) where the tracker shows text (TensorBoard)."""
