@@ -55,13 +55,14 @@ def warn(message: str) -> None:
 
 
 def progress(iterable: Any = None, *, total: Optional[int] = None, desc: Optional[str] = None,
-             enabled: bool = True, unit: str = "it", leave: bool = False, every: int = 1):
-    """Progress on stderr when ``enabled``: a tqdm bar with ETA on a terminal, :class:`LineProgress` (one line every
-    ``every`` steps and at the last) off one; a silent tqdm stand-in when not ``enabled`` (it still iterates, counts
-    and accepts ``update``/``set_postfix``/``close``, writing nothing)."""
+             enabled: bool = True, unit: str = "it", leave: bool = False, every: Optional[int] = None):
+    """Progress on stderr when ``enabled``: a tqdm bar with ETA on a terminal; off one, a stage's run (``every``
+    given, with ``total``) gets :class:`LineProgress` (one line every ``every`` steps and at the last), anything else
+    a silent tqdm stand-in, as when not ``enabled`` (it still iterates, counts and accepts
+    ``update``/``set_postfix``/``close``, writing nothing)."""
     from tqdm.auto import tqdm
 
-    if enabled and not on_terminal() and iterable is None and total:
+    if enabled and not on_terminal() and every is not None and iterable is None and total:
         return LineProgress(total, desc=desc or "", unit=unit, every=every)
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True, file=sys.stderr,
                 disable=not (enabled and on_terminal()))

@@ -12,12 +12,10 @@ from tether.console import on_terminal, progress
 
 
 def test_quiet_off_a_terminal(capsys):
-    """Off a terminal, a bar over an iterable writes nothing; a stage's progress (a total, updated by the run loop)
-    writes plain lines (tests/monitor/test_run_lines.py), and none when disabled."""
     assert not on_terminal()  # pytest captures stderr: not a TTY
     for _ in progress(range(5), desc="work"):
         pass
-    bar = progress(total=3, desc="steps", enabled=False)
+    bar = progress(total=3, desc="steps")
     bar.update(3)
     bar.set_postfix(score="1.0")
     bar.close()

@@ -31,6 +31,7 @@ def _progress_lines(err: str) -> list[re.Match]:
 
 @pytest.mark.parametrize("total,every", [(10, 3), (12, 4), (1, 5), (7, 1)])
 def test_line_progress_writes_ceil_total_over_every_lines(capsys, total, every):
+    assert not isinstance(progress(total=total, desc="eval"), LineProgress)  # only a stage's run has lines
     bar = progress(total=total, desc="sft", every=every)
     assert isinstance(bar, LineProgress)
     for i in range(total):
@@ -149,7 +150,7 @@ def test_on_a_terminal_a_warning_goes_through_the_bar(monkeypatch):
     monkeypatch.setattr(sys, "stderr", term)
     assert console.on_terminal()
     with quiet_libraries():
-        bar = progress(total=4, desc="ppo", unit="update")
+        bar = progress(total=4, desc="ppo", unit="update", every=1)
         assert not isinstance(bar, LineProgress)
         bar.update(2)
         warnings.warn("careful now")
