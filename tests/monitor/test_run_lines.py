@@ -162,3 +162,35 @@ def test_on_a_terminal_a_warning_goes_through_the_bar(monkeypatch):
         i = out.index(text)
         assert out[i - 1] == "\r" and out.index("\n", i) < out.find("ppo", i), out
     assert "ppo:  50%" in out
+
+
+def test_rm_and_ppo_off_a_terminal_log_their_lines(tmp_path, capsys, gpt2_tok, make_llama):
+    """RM: 10 steps, log_every=4 → steps 4, 8, 10 with the loss and accuracy; PPO: 3 updates, monitor.log_every=2 →
+    updates 2 and 3 with score, KL and β. No carriage return."""
+    from _tiny import gpt2_rm, toy_pairs
+
+    from tether.algos.ppo_trainer import PPOTrainer
+    from tether.algos.rm import train_rm
+    from tether.config.ppo import PPOConfig
+    from tether.config.rm import RMConfig
+
+    tok = gpt2_tok
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(20))
+    cfg = RMConfig(output_dir=str(tmp_path / "rm"), train_file=str(pairs), eval_fraction=0.0, batch_size=2,
+                   num_epochs=1, log_every=4, max_length=32, report_to="none")
+    res = train_rm(cfg, model=gpt2_rm(len(tok) + 1), tokenizer=tok, progress=True)
+    assert res.steps == 10
+    err = capsys.readouterr().err
+    lines = _progress_lines(err)
+    assert [(m["desc"], int(m["n"]), int(m["total"])) for m in lines] == [("rm", 4, 10), ("rm", 8, 10), ("rm", 10, 10)]
+    assert all(m["nums"] for m in lines) and "\r" not in err
+
+    ppo = PPOConfig(output_dir=str(tmp_path / "ppo"), rollout_batch_size=2, micro_batch_size=2, response_length=4,
+                    num_updates=3, num_ppo_epochs=1, monitor={"log_every": 2, "report_to": "none", "report": False,
+                                                              "preflight": False})
+    PPOTrainer(ppo, policy=make_llama(len(tok) + 1), tokenizer=tok, reward=lambda p, c: [float(len(x)) for x in c],
+               prompts=["The movie was", "I think"]).train()
+    err = capsys.readouterr().err
+    lines = _progress_lines(err)
+    assert [(m["desc"], m["unit"], int(m["n"])) for m in lines] == [("ppo", "update", 2), ("ppo", "update", 3)]
+    assert all(re.search(r"score=\S+ kl=\S+ beta=\S+", m["nums"]) for m in lines) and "\r" not in err
