@@ -194,3 +194,29 @@ def test_rm_and_ppo_off_a_terminal_log_their_lines(tmp_path, capsys, gpt2_tok, m
     lines = _progress_lines(err)
     assert [(m["desc"], m["unit"], int(m["n"])) for m in lines] == [("ppo", "update", 2), ("ppo", "update", 3)]
     assert all(re.search(r"score=\S+ kl=\S+ beta=\S+", m["nums"]) for m in lines) and "\r" not in err
+
+
+def test_dpo_off_a_terminal_logs_its_lines_and_reports_to_its_trackers(tmp_path, capsys):
+    """DPO: 8 steps, log_every=3 → steps 3, 6, 8; `report_to: [tensorboard]` gets the metrics.jsonl losses."""
+    from _tiny import toy_pairs
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tether.algos.dpo import train_dpo
+    from tether.config.dpo import DPOConfig
+
+    tok = gpt2_tok()
+    train = write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(32))
+    cfg = DPOConfig(output_dir=str(tmp_path / "dpo"), train_file=str(train), eval_fraction=0.0, batch_size=4,
+                    log_every=3, max_length=32, checkpoint_every=0, report_to=["tensorboard"])
+    train_dpo(cfg, model=gpt2_lm(len(tok) + 1), tokenizer=tok, progress=True)
+    err = capsys.readouterr().err
+    assert [(m["desc"], int(m["n"]), int(m["total"])) for m in _progress_lines(err)] == [
+        ("dpo", 3, 8), ("dpo", 6, 8), ("dpo", 8, 8)]
+    assert "\r" not in err
+    acc = EventAccumulator(str(tmp_path / "dpo" / "tb"))
+    acc.Reload()
+    import json
+
+    records = [json.loads(x) for x in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    losses = {r["step"]: r["loss"] for r in records if "loss" in r}
+    assert {e.step: e.value for e in acc.Scalars("loss")} == pytest.approx(losses, rel=1e-6)
