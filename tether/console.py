@@ -142,13 +142,42 @@ def _show_warning(message: Any, category: type, filename: str, lineno: int, file
     say(f"tether: warning: {category.__name__}: {message} ({filename}:{lineno})")
 
 
+class _SayHandler(logging.Handler):
+    """A library's log records as lines through :func:`say` (the stderr of the moment, never breaking a bar)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            say(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _lines_through_the_bar(loggers: list[logging.Logger]) -> Iterator[None]:
+    """Swap each logger's console handlers (stdout/stderr) for a :class:`_SayHandler` with the same format and
+    level; put them back afterwards."""
+    swapped = []
+    for lg in loggers:
+        for h in list(lg.handlers):
+            if type(h) is logging.StreamHandler and getattr(h, "stream", None) is not None:
+                say_h = _SayHandler(h.level)
+                say_h.setFormatter(h.formatter)
+                lg.removeHandler(h)
+                lg.addHandler(say_h)
+                swapped.append((lg, h, say_h))
+    try:
+        yield
+    finally:
+        for lg, h, say_h in swapped:
+            lg.removeHandler(say_h)
+            lg.addHandler(h)
+
+
 @contextlib.contextmanager
 def quiet_libraries() -> Iterator[None]:
     """For the length of a run: transformers' and datasets' progress bars off and their logs at warnings and
     above, their log records and Python warnings written as single lines through the bar (:func:`say`); every
     setting is restored afterwards."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     restore: list[Any] = []
     loggers: list[logging.Logger] = []
     try:
@@ -177,7 +206,7 @@ def quiet_libraries() -> Iterator[None]:
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
-        with logging_redirect_tqdm(loggers=loggers):
+        with _lines_through_the_bar(loggers):
             yield
     finally:
         warnings.showwarning = shown
