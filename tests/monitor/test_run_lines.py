@@ -78,10 +78,13 @@ def test_sft_off_a_terminal_logs_one_line_every_log_every_steps(tmp_path, capfd)
         return real_offline_step(r, finite)
 
     sft_mod.offline_step = offline_step
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()  # transformers' default (an earlier CLI test may have left it at error)
     try:
         res = train_sft(cfg, model=gpt2_lm(len(tok) + 1), tokenizer=tok, progress=True)
     finally:
         sft_mod.offline_step = real_offline_step
+        hf_logging.set_verbosity(level)
     assert res.steps == 12
     cap = capfd.readouterr()
     lines = _progress_lines(cap.err)
