@@ -27,6 +27,7 @@ from tether.eval.heldout import ppo_heldout
 from tether.monitor.hooks import ppo_monitor, preflight
 from tether.models.card import model_card
 from tether.monitor.logger import RunLogger
+from tether.monitor.trackers import check_stage_trackers
 
 
 class PPOTrainer:
@@ -53,6 +54,7 @@ class PPOTrainer:
         restart: bool = False,
     ):
         self.cfg = cfg = config
+        check_stage_trackers(cfg)  # a tracker that is not installed: one line, before anything loads
         self.output_dir = Path(cfg.output_dir)
         self.dist = dist = setup_dist(cfg.device)  # under torchrun: the processes, each with its share of prompts
         if dist.device.type != "cpu":
@@ -163,7 +165,8 @@ class PPOTrainer:
         if self.run.finished:
             note(f"{self.output_dir / 'final'} holds the finished run ({cfg.num_updates} updates); nothing to do")
             return self.history
-        bar = progress(total=cfg.num_updates, desc="ppo", enabled=cfg.progress and self.dist.is_main, unit="update")
+        bar = progress(total=cfg.num_updates, desc="ppo", enabled=cfg.progress and self.dist.is_main, unit="update",
+                       every=getattr(getattr(self.monitor, "cfg", None), "log_every", None))
         self.loop.run(self.step, bar, postfix=getattr(self.monitor, "postfix", None))
         try:
             if self.dist.is_main:
