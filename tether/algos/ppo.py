@@ -9,6 +9,7 @@ One update reads as the data flow (docs/layout.md): 1. rollout → 2. score → 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -23,7 +24,9 @@ from tether.config.ppo import PPOConfig
 from tether.console import note
 from tether.engine.loop import StepStatus, guarded_step
 from tether.engine.optim import step_scheduler
+from tether.models.checkpointing import grad_forward
 from tether.models.forward import causal_lm_logits, causal_lm_logits_and_hidden
+from tether.plan.oom import retry_on_oom
 from tether.records import Experience, Rollout
 from tether.rewards.base import combine_scores
 from tether.rollout.generate import encode_prompts, generate
@@ -44,10 +47,19 @@ class PPOState:
     kl_ctl: Any
     optimizers: dict[str, torch.optim.Optimizer]
     schedulers: dict[str, Any]
+    adapter: Any = None
+    """The policy's peft wrapper under ``policy_lora`` (saving, the adapter-off reference), else None."""
+    critic_adapter: Any = None
+    """The critic trunk's peft wrapper under ``critic_lora``, else None."""
+    micro_batch: Optional[int] = None
+    """The micro-batch size in use: ``cfg.micro_batch_size``, or the planner's choice with ``auto``; an
+    out-of-memory retry lowers it (``plan.micro_batch_size`` follows)."""
     plan: BatchPlan = field(init=False)
 
     def __post_init__(self) -> None:
-        self.plan = BatchPlan.from_config(self.cfg)
+        if self.micro_batch is None:
+            self.micro_batch = self.cfg.micro_batch_size
+        self.plan = dataclasses.replace(BatchPlan.from_config(self.cfg), micro_batch_size=self.micro_batch)
 
     @property
     def shared(self) -> bool:
@@ -62,6 +74,16 @@ class PPOState:
     def models(self) -> dict[str, nn.Module]:
         """The trained models by checkpoint name: ``policy`` and (with a critic) ``critic``."""
         return {"policy": self.policy, **({"critic": self.critic_own} if self.critic is not None else {})}
+
+    def training_forward(self):
+        """Train mode around the forwards that build a graph when ``gradient_checkpointing`` is on (checkpointing
+        acts only in train mode; dropout is off, so the outputs are those of eval mode), else nothing."""
+        stack = contextlib.ExitStack()
+        if self.cfg.gradient_checkpointing:
+            for model in (self.policy, self.critic):
+                if model is not None:
+                    stack.enter_context(grad_forward(model))
+        return stack
 
     def autocast(self):
         """``torch.autocast`` in bfloat16 around model forwards (``autocast: bfloat16``), or nothing."""
@@ -95,13 +117,13 @@ def collect(state: PPOState, u: int) -> Scored:
     with state.autocast():
         rollout, gen_logprobs = generate(
             state.policy, state.tokenizer, batch, response_length=cfg.response_length, temperature=cfg.temperature,
-            stop_at_eos=cfg.stop_at_eos, micro_batch_size=cfg.micro_batch_size,
+            stop_at_eos=cfg.stop_at_eos, micro_batch_size=state.plan.micro_batch_size,
         )
     mask = rollout.response_mask
     t_gen = time.perf_counter()
     # 2. score: reference log-probs, rewards, critic values (no grad)
     with state.autocast():
-        ref_logprobs = reference_logprobs(state.reference, rollout, cfg.temperature, cfg.micro_batch_size)
+        ref_logprobs = reference_logprobs(state.reference, rollout, cfg.temperature, state.plan.micro_batch_size)
     scores, parts = combine_scores(state.rewards, rollout.prompts, rollout.completions, rollout, nonfinite="keep")
     skip = nonfinite_scores(scores, parts)  # NaN/Inf guard: nothing can be learned from this rollout
     if skip is not None:
@@ -115,7 +137,7 @@ def collect(state: PPOState, u: int) -> Scored:
     values = None
     if state.critic is not None:
         with state.autocast():
-            values = rollout_values(state.critic, rollout, critic_mask, cfg.micro_batch_size)
+            values = rollout_values(state.critic, rollout, critic_mask, state.plan.micro_batch_size)
     # 3. rewards: −β·KL at every token (KL-in-reward) and the score at one index
     kl = torch.where(mask, ops.kl_penalty(rollout.logprobs, ref_logprobs, cfg.kl_estimator, cfg.kl_log_ratio_clamp),
                      0.0)
@@ -191,7 +213,7 @@ def micro_batch_loss(state: PPOState, x: Experience, q: int, counts: dict[str, f
     micro-batch losses add up to the minibatch's; with its statistics and the policy-loss info."""
     cfg = state.cfg
     new_values = None
-    with state.autocast():  # the model forwards; the log-prob and loss math below stay float32
+    with state.autocast(), state.training_forward():  # the model forwards; log-prob and loss math stay float32
         if state.shared:  # one trunk pass gives logits and the hidden state the value head reads
             logits, hidden = causal_lm_logits_and_hidden(state.policy, x.query_response, x.attention_mask)
             logits = logits[:, q - 1 : -1]
@@ -230,7 +252,7 @@ def micro_batch_loss(state: PPOState, x: Experience, q: int, counts: dict[str, f
 def optimise(state: PPOState, exp: Experience, q: int, u: int) -> UpdateStats:
     """Step 5 of update ``u``: epochs × minibatches × micro-batches, one optimizer step per minibatch (gradients
     accumulated over its micro-batches); an early stop once a minibatch's approx KL passes ``target_kl``."""
-    cfg, plan = state.cfg, state.plan
+    cfg = state.cfg
     train_policy = u >= cfg.critic_warmup_updates
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, "minibatch", u))
     acc = UpdateStats()
@@ -238,24 +260,37 @@ def optimise(state: PPOState, exp: Experience, q: int, u: int) -> UpdateStats:
     epoch = 0
     for epoch in range(cfg.num_ppo_epochs):
         stop = False
-        for mb_number, mb_idx in enumerate(plan.minibatches(g)):
+        for mb_number, mb_idx in enumerate(state.plan.minibatches(g)):
             mb = exp.select(mb_idx)
             counts = dict(num_tokens=float(mb.response_mask.sum()), num_seqs=float(len(mb_idx)),
                           max_len=float(mb.response_mask.shape[1]))
             vcounts = dict(counts, num_tokens=float(mb.critic_mask.sum()))
-            for opt in state.optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            mb_kl, finite = 0.0, True
-            for micro_idx in plan.micro_batches(torch.arange(len(mb_idx))):
-                x = mb.select(micro_idx)
-                share = float(x.response_mask.sum()) / counts["num_tokens"]
-                loss, stats, pg = micro_batch_loss(state, x, q, counts, vcounts, share, train_policy)
-                if not bool(torch.isfinite(loss.detach())):  # NaN/Inf guard: no backward, the step is skipped
-                    finite = False
-                    break
-                loss.backward()
+
+            def gradients(m: int) -> tuple[list, float, bool]:
+                """Zeroed gradients, then the minibatch's in micro-batches of ``m``: ``(stats, approx KL, finite)``."""
+                for opt in state.optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                added, kl_sum = [], 0.0
+                for micro_idx in torch.arange(len(mb_idx)).split(m):
+                    x = mb.select(micro_idx)
+                    share = float(x.response_mask.sum()) / counts["num_tokens"]
+                    loss, stats, pg = micro_batch_loss(state, x, q, counts, vcounts, share, train_policy)
+                    if not bool(torch.isfinite(loss.detach())):  # NaN/Inf guard: no backward, the step is skipped
+                        return added, kl_sum, False
+                    loss.backward()
+                    added.append((stats, share, pg))
+                    kl_sum += float(pg["approx_kl"]) * share
+                return added, kl_sum, True
+
+            (added, mb_kl, finite), m = retry_on_oom(gradients, state.plan.micro_batch_size, len(mb_idx),
+                                                     on_retry=lambda old, new: note(
+                                                         f"update {u + 1}: out of memory at micro_batch_size={old}; "
+                                                         f"redoing the minibatch with {new} (the update is unchanged)"))
+            if m != state.plan.micro_batch_size:  # keep the size that fitted for the rest of the run
+                state.micro_batch = m
+                state.plan = dataclasses.replace(state.plan, micro_batch_size=m)
+            for stats, share, pg in added:
                 acc.add(stats, share, pg, first_minibatch=epoch == 0 and mb_number == 0)
-                mb_kl += float(pg["approx_kl"]) * share
             params = {k: [p for p in m.parameters() if p.grad is not None] for k, m in named.items()}
             status = guarded_step(params, state.optimizers, cfg.max_grad_norm, finite,
                                   frozen=() if train_policy else ("policy",))
@@ -359,4 +394,5 @@ def ppo_update(state: PPOState, u: int) -> UpdateResult:
         if k != "policy" or policy_trains:
             step_scheduler(sched)
     metrics = report(state, s, train.result(), u, lrs, beta, seq_kl, time.perf_counter() - t0)  # 6
+    metrics["train/micro_batch_size"] = state.plan.micro_batch_size
     return UpdateResult(metrics, s, skipped=train.steps == 0 and train.skipped > 0, reason=train.reason)

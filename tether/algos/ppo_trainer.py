@@ -11,6 +11,7 @@ from torch import nn
 
 from tether import ops
 from tether.engine.optim import derive_seed
+from tether.algos.autobatch import auto_micro_batch
 from tether.algos.parts import load_ppo_parts
 from tether.algos.ppo import PPOState, ppo_update
 from tether.config.base import dump
@@ -25,6 +26,7 @@ from tether.errors import ConfigError
 from tether.eval.heldout import ppo_heldout
 from tether.monitor.hooks import ppo_monitor, preflight
 from tether.models.card import model_card
+from tether.models.lora import AdapterSave, save_adapter
 from tether.monitor.logger import RunLogger
 
 
@@ -57,11 +59,16 @@ class PPOTrainer:
         set_seed(derive_seed(cfg.seed, "init", 0))  # torch, and Python/NumPy for rewards that draw from them
         parts = load_ppo_parts(cfg, policy=policy, tokenizer=tokenizer, reward=reward, prompts=prompts,
                                reference=reference, critic=critic)
+        micro = cfg.micro_batch_size
+        if micro == "auto":
+            micro, line = auto_micro_batch(cfg, parts.policy, parts.reference, parts.critic, parts.rewards)
+            note(line)
         kl_ctl = (ops.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
                   if cfg.kl_controller == "adaptive" else ops.FixedKLController(cfg.kl_coef))
         self.state = PPOState(cfg=cfg, policy=parts.policy, tokenizer=parts.tokenizer, reference=parts.reference,
                               critic=parts.critic, rewards=parts.rewards, prompts=parts.prompts, kl_ctl=kl_ctl,
-                              optimizers={}, schedulers={})
+                              optimizers={}, schedulers={}, adapter=parts.adapter,
+                              critic_adapter=parts.critic_adapter, micro_batch=micro)
         self._build_optimizers()
         self.loop = RunLoop(self.run, total=cfg.num_updates, models=self.state.models(),
                             optimizers=self.state.optimizers, schedulers=self.state.schedulers,
@@ -167,11 +174,21 @@ class PPOTrainer:
     def save(self, out_dir: str | Path) -> Path:
         """Policy (and critic under ``critic/``; only its head with ``critic_mode=shared``) in ``save_pretrained``
         format with the tokenizer and resolved config, swapped in whole (``save_model_atomic``); non-finite weights
-        are refused."""
+        are refused. With ``policy_lora`` the policy is its adapter (``tether.models.lora.save_adapter``; the merged
+        model under ``merged/`` with ``merge_on_save``), with ``critic_lora`` the critic is its adapter and head."""
         check_finite(self.state.models())
-        critic, trunk = self.state.critic, not self.state.shared
+        st = self.state
+        critic, trunk = st.critic, not st.shared and st.critic_adapter is None
         out = Path(out_dir)
         files = {"tether_config.yaml": dump(self.cfg), "README.md": model_card("ppo", self.cfg, self.history)}
-        save_model_atomic(self.policy, self.tokenizer, out, extra_files=files,
-                          before_swap=(lambda tmp: critic.save(tmp / "critic", trunk)) if critic is not None else None)
+
+        def save_critic(tmp: Path) -> None:
+            critic.save(tmp / "critic", trunk)
+            if st.critic_adapter is not None:
+                save_adapter(st.critic_adapter, tmp / "critic")
+
+        model = self.policy if st.adapter is None else AdapterSave(
+            st.adapter, self.tokenizer, merged=self.cfg.policy_lora.merge_on_save)
+        save_model_atomic(model, self.tokenizer, out, extra_files=files,
+                          before_swap=save_critic if critic is not None else None)
         return out

@@ -6,11 +6,12 @@ such departure says why in its docstring.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tether.config.base import OutputDir, ResumeSpec, Section
+from tether.config.lora import LoraConfig
 from tether.config.monitor import MonitorConfig
 from tether.config.presets import PRESET_NAMES
 
@@ -58,6 +59,17 @@ class PPOConfig(Section):
     critic_mode: Literal["separate", "shared"] = "separate"
     """`separate`: the critic is its own model (default; N+). `shared`: a value head on the policy's own trunk, one
     forward for logits and values and no second model in memory; the value loss then also trains the trunk."""
+    policy_lora: Optional[LoraConfig] = None
+    """Train a LoRA adapter (through peft) instead of every weight of the policy: `r`, `alpha`, `dropout` (must be
+    0), `target_modules`, `merge_on_save`. The reference is then the same model with the adapter switched off (no
+    second copy), `final/` and `best/` hold the adapter (and `merged/` with `merge_on_save`); null: full
+    fine-tuning (docs/memory.md)."""
+    critic_lora: Optional[LoraConfig] = None
+    """Give the separate critic its own LoRA adapter on its own frozen trunk (the value head trains fully); null:
+    every critic weight trains. Only with `critic_mode: separate`."""
+    gradient_checkpointing: bool = False
+    """Recompute each transformer block in the backward pass instead of keeping its activations (policy and critic
+    training forwards): less memory, about one more forward of time; gradients unchanged (docs/memory.md)."""
     rewards: list[RewardSpec] = Field(default_factory=list)
     """Reward sources, combined as a weighted sum of their (optionally normalised) scores."""
     prompts: Optional[str] = None
@@ -87,8 +99,11 @@ class PPOConfig(Section):
     """Completions sampled per prompt; group estimators (grpo, dr_grpo, rloo, reinforce_pp_baseline) need ≥ 2."""
     num_minibatches: int = Field(1, ge=1)
     """Minibatches per epoch (one optimizer step each). Must divide rollout_batch_size × samples_per_prompt."""
-    micro_batch_size: int = Field(8, ge=1)
-    """Sequences per forward/backward; gradients accumulate over a minibatch. Must divide the minibatch size."""
+    micro_batch_size: Union[int, Literal["auto"]] = 8
+    """Sequences per forward/backward; gradients accumulate over a minibatch. Must divide the minibatch size.
+    `auto`: the memory planner picks the largest divisor of the minibatch size whose estimated peak fits the
+    device's memory with a 20 % margin (logged, and recorded as `train/micro_batch_size`); an out-of-memory error
+    halves it and redoes the minibatch (docs/memory.md)."""
     num_ppo_epochs: int = Field(4, ge=1)
     """Passes over each rollout (N+: 4)."""
     seed: int = 0
@@ -240,6 +255,17 @@ class PPOConfig(Section):
 
         return expand_ppo_shortcuts(expand_preset(data))
 
+    @field_validator("micro_batch_size", mode="before")
+    @classmethod
+    def _micro_batch(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError("must be a positive integer or auto")
+        return value
+
     @model_validator(mode="after")
     def _cross_field(self) -> "PPOConfig":
         batch = self.rollout_batch_size * self.samples_per_prompt
@@ -248,13 +274,29 @@ class PPOConfig(Section):
                 f"num_minibatches={self.num_minibatches} must divide rollout_batch_size × samples_per_prompt = {batch}"
             )
         mini = batch // self.num_minibatches
-        if mini % self.micro_batch_size:
+        if self.micro_batch_size != "auto" and mini % self.micro_batch_size:
             raise ValueError(f"micro_batch_size={self.micro_batch_size} must divide the minibatch size {mini}")
         if self.advantage in GROUP and self.samples_per_prompt < 2:
             raise ValueError(f"advantage={self.advantage} needs samples_per_prompt >= 2 (a group baseline of one is 0)")
         if self.critic_mode == "shared" and self.critic:
             raise ValueError("critic: a critic directory cannot be used with critic_mode=shared (the value head sits "
                              "on the policy's trunk); remove one of them")
+        if self.policy_lora is not None:
+            if self.policy_lora.dropout > 0:
+                raise ValueError(f"policy_lora.dropout={self.policy_lora.dropout}: PPO needs 0 (a dropout makes the "
+                                 "first-minibatch ratio differ from 1 and the reference forward random)")
+            if self.reference:
+                raise ValueError("reference: cannot be used with policy_lora (the reference is the policy with its "
+                                 "adapter switched off); remove one of them")
+        if self.critic_lora is not None:
+            if self.critic_mode == "shared":
+                raise ValueError("critic_lora: needs critic_mode=separate (a shared critic is a value head on the "
+                                 "policy's trunk, trained with the policy's adapter)")
+            if not self.uses_critic:
+                raise ValueError(f"critic_lora: advantage={self.advantage} uses no critic")
+            if self.critic_lora.dropout > 0:
+                raise ValueError(f"critic_lora.dropout={self.critic_lora.dropout}: PPO needs 0 (the rollout's values "
+                                 "and the training forward must agree)")
         if self.critic_warmup_updates and not self.uses_critic:
             raise ValueError(f"critic_warmup_updates={self.critic_warmup_updates} needs a critic (advantage=gae); "
                              f"advantage={self.advantage} has none")
@@ -274,6 +316,12 @@ class PPOConfig(Section):
             raise ValueError(f"whiten_rewards: only with advantage=gae; advantage={self.advantage} normalises its own "
                              "returns, and whitening the per-token rewards first mixes scales")
         return self
+
+    @property
+    def scoring_micro_batch(self) -> int:
+        """Micro-batch of the no-gradient forwards outside an update (held-out evaluation, `tether doctor`):
+        `micro_batch_size`, or 8 with `auto` (the planner's choice is made when the trainer has its models)."""
+        return 8 if self.micro_batch_size == "auto" else self.micro_batch_size
 
     @property
     def uses_critic(self) -> bool:
