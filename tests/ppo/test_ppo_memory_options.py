@@ -107,7 +107,7 @@ def test_auto_micro_batch_picks_what_fits_logs_and_records_it(tmp_path, gpt2_tok
                                                                              real(st, x, *a, **k))[1])
     m = tr.step()
     assert set(sizes) == {2} and m["train/micro_batch_size"] == 2
-    rows = [json.loads(x) for x in (tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / "auto" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["train/micro_batch_size"] == 2
     monkeypatch.setattr(ab, "memory_budget", lambda device: int(peak(1) * 0.5))
     with pytest.raises(ConfigError, match="micro_batch_size=auto: even micro-batches of 1 need") as err:
