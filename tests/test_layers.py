@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tether"
 
 LAYERS: list[tuple[str, ...]] = [
     ("tether.errors", "tether.console", "tether.records", "tether.hub"),     # 0 base: errors, messages, records, hub cache
-    ("tether.ops", "tether.config", "tether.assets"),                         # 1 pure math, typed config, assets
+    ("tether.ops", "tether.config", "tether.assets", "tether.plan"),          # 1 pure math, config, assets, planner
     ("tether.engine", "tether.data", "tether.models"),                        # 2 run-keeping, data, models
     ("tether.rollout", "tether.rewards", "tether.eval.judges"),               # 3 sampling and scoring
     ("tether.eval.heldout", "tether.eval.stats", "tether.monitor"),           # 4 evaluation pieces, the monitor

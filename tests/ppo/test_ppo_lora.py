@@ -130,6 +130,9 @@ def test_lora_final_is_an_adapter_run_that_eval_and_doctor_load(tmp_path, gpt2_t
     results = run_checks(build(PPOConfig, {"policy": str(final), "rewards": [], "prompts": None}),
                          reward=length_reward, prompts=PROMPTS, checks=("pad_token", "padding", "memory"))
     assert results and all(r.status != "fail" for r in results)
+    with pytest.raises(ConfigError, match="carries a LoRA adapter"):
+        PPOTrainer(PPOConfig(**{**cfg, "output_dir": str(tmp_path / "again"), "policy": str(final)}),
+                   reward=length_reward, prompts=PROMPTS)
 
 
 def test_critic_lora_trains_only_its_adapter_and_head(tmp_path, gpt2_tok, make_llama):

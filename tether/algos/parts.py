@@ -183,6 +183,9 @@ def load_ppo_parts(cfg: PPOConfig, *, policy: Any = None, tokenizer: Any = None,
     in the policy and the critic (it acts inside ``grad_forward``, tether.algos.ppo)."""
     pol, tok = load_policy(policy if policy is not None else cfg.policy, tokenizer, pad_policy=cfg.pad_policy,
                            trust_remote_code=cfg.trust_remote_code, progress=False)
+    if is_adapted(pol):
+        raise ConfigError(f"policy: {cfg.policy or type(pol).__name__} carries a LoRA adapter; train from its base "
+                          "model, or from the merged model (merged/, written with policy_lora.merge_on_save)")
     lora = cfg.policy_lora is not None
     ref = load_reference(cfg, pol, tok, reference) if not lora or reference is not None else None
     rewards = load_rewards(cfg, reward, tok)
