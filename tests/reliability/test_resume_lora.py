@@ -32,6 +32,8 @@ def uninterrupted(tiny_policy, data_dir, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("lora-ref") / "run"
     assert run_cli(ppo_argv(out, tiny_policy, data_dir, *LORA)) == 0
     assert not (out / "final" / "model.safetensors").exists()  # an adapter run: no full copy of the weights
+    report = (out / "report.html").read_text()  # the end-of-run report reads the adapter run's config and logs
+    assert "policy_lora" in report and "objective/kl" in report
     return outcome(out)
 
 
