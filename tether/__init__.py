@@ -19,6 +19,8 @@ _EXPORTS = {
     "train_sft": "tether.algos.sft",
     "train_rm": "tether.algos.rm",
     "RewardSource": "tether.rewards.base",
+    "CompareConfig": "tether.config.compare",
+    "run_compare": "tether.compare",
 }
 
 __all__ = sorted(_EXPORTS)
