@@ -335,6 +335,10 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     progress = sys.stderr.isatty()
     paths = prepare_task(cfg, progress=progress)
+    # the held-out prompts are read before any training, so a bad file fails in seconds, not after the runs
+    prompts = load_prompts(str(paths["eval_prompts"]), load_tokenizer(str(paths["sft"])))
+    if cfg.num_prompts is not None:
+        prompts = prompts[: cfg.num_prompts]
     console.out(f"[compare] {len(cfg.methods)} methods × {len(cfg.seeds)} seeds, budget {cfg.budget} -> {out}")
     finals = train_runs(cfg)
     baselines = sft_baselines(cfg, paths)
@@ -349,9 +353,6 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
                              "totals": run_totals(records, sc.rollout_batch_size * sc.samples_per_prompt)}
 
     first = cfg.stage_config(cfg.methods[0], cfg.seeds[0])
-    prompts = load_prompts(str(paths["eval_prompts"]), load_tokenizer(str(paths["sft"])))
-    if cfg.num_prompts is not None:
-        prompts = prompts[: cfg.num_prompts]
     policies: dict[str, Any] = {"sft": str(paths["sft"])}
     policies.update({m: [str(finals[m][s]) for s in cfg.seeds] for m in cfg.methods})
     console.out(f"[compare] final evaluation: SFT and {sum(len(v) for v in finals.values())} runs on {len(prompts)} "

@@ -101,3 +101,16 @@ def test_an_interrupted_compare_continues(task, tmp_path, capsys, monkeypatch):
     said = capsys.readouterr().out
     assert "1/2 rloo seed 0: finished run reused" in said and "2/2 rloo seed 1: training" in said
     assert json.loads((out / "compare.json").read_text())["methods"]["rloo"]["budget"]["updates"] == [2]
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ("eval_prompts={tmp}/missing.jsonl", "missing.jsonl"),
+    ("sft={tmp}/nowhere", "nowhere: sft is not a model directory (no config.json)"),
+    ("methods=[ppo, dqn]", "methods: unknown method 'dqn'"),
+])
+def test_bad_input_one_line_before_anything_is_written(task, tmp_path, capsys, bad, expected):
+    out = tmp_path / "cmp"
+    assert main(["compare", *task, f"output_dir={out}", bad.format(tmp=tmp_path)]) != 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("tether: error: ") and expected in err[0], err
+    assert not out.exists()

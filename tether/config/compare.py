@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, ClassVar, Literal, Mapping, Optional
 
 from pydantic import Field, model_validator
 
@@ -87,6 +87,11 @@ class CompareConfig(Section):
     budget, over several seeds, then evaluated together on held-out prompts: judge gain over SFT with intervals over
     seeds and prompts, win rate, KL, reference perplexity, wall time, time-to-quality and the frontier of judge gain
     against √KL (docs/compare.md)."""
+
+    SECTIONS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("the task", "task"), ("methods and seeds", "methods"), ("the budget", "budget"),
+        ("evaluation and output", "quality_threshold"))
+    """`--help` groups: (title, first field); each group runs to the next one's first field."""
 
     # --- the task ------------------------------------------------------------------------------------------------
     task: Optional[Literal["demo"]] = None
