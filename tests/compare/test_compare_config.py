@@ -64,6 +64,7 @@ def test_demo_task_takes_the_demos_paths_and_ppo_settings():
     (["ppo.monitor.judges=[vader]"], "ppo.monitor.judges is set by tether compare (judges); remove it"),
     (["ppo.advantage=rloo"], "ppo.advantage: set per method by the registry"),
     (["method_options.grpo.response_length=8"], "method_options.grpo.response_length: one method may not change"),
+    (["method_options.rloo.temperature=1.0"], "method_options.rloo.temperature: one method may not change"),
     (["budget=time"], "time_limit_s: required with budget=time"),
     (["time_limit_s=5"], "time_limit_s: only with budget=time"),
     (["budget=time", "time_limit_s=5", "ppo.lr_schedule=linear"], "budget=time needs lr_schedule=constant"),
@@ -84,3 +85,17 @@ def test_custom_task_needs_its_paths():
         parse_config("compare", None, TASK[:3])
     with pytest.raises(ConfigError, match="^reward_model: give a reward"):
         parse_config("compare", None, ["sft=a", "prompts=p", "eval_prompts=e"])
+
+
+def test_docs_table_shows_the_registry():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "compare.md").read_text(encoding="utf-8")
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `(\w+)` \| (\w+) \| (.*?) \|", text, flags=re.M)}
+    assert set(rows) == set(METHODS)
+    for name, spec in METHODS.items():
+        row = rows[name]
+        assert f"| {spec.stage} |" in row
+        shown = dict(re.findall(r"`(\w+): (\w+)`", row))
+        assert shown == {k: str(v) for k, v in spec.options.items()}, (name, shown)

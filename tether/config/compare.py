@@ -2,15 +2,9 @@
 
 `tether compare` trains several methods from one SFT model on one task, over several seeds, at a matched budget, then
 evaluates them together (``tether.compare``). A method is a registry entry: the stage that trains it and the options
-it sets on that stage's config (the table below, shown by docs/compare.md); your own options per method
-(``method_options``) win over the registry's, and the shared ``ppo`` options apply to every PPO-stage method.
-
-| method | stage | options | what it is |
-|---|---|---|---|
-| ``ppo`` | ppo | ``advantage: gae`` | PPO with a critic: GAE advantages from a learned value head |
-| ``grpo`` | ppo | ``advantage: grpo``, ``samples_per_prompt: 4`` | group-normalised returns (R − mean)/(std + ε), no critic |
-| ``rloo`` | ppo | ``advantage: rloo``, ``samples_per_prompt: 4`` | leave-one-out baseline over the prompt's other completions |
-| ``reinforce_pp`` | ppo | ``advantage: reinforce_pp`` | REINFORCE++: KL-shaped returns whitened over the batch |
+it sets on that stage's config (``METHODS``; docs/compare.md shows it as a table, which a test checks against it);
+your own options per method (``method_options``) win over the registry's, and the shared ``ppo`` options apply to
+every PPO-stage method.
 
 The budget is matched by wiring, not by trust: every method gets the same ``completions_per_update`` (a group method
 samples ``samples_per_prompt`` completions for each of ``completions_per_update / samples_per_prompt`` prompts), the
@@ -52,7 +46,7 @@ METHODS: dict[str, Method] = {
     "reinforce_pp": Method("ppo", {"advantage": "reinforce_pp"},
                            "REINFORCE++: per-token KL-shaped returns whitened over the batch, no critic"),
 }
-"""The methods `tether compare` knows, by name (the module docstring has them as a table)."""
+"""The methods `tether compare` knows, by name (docs/compare.md, "The methods", has them as a table)."""
 
 WIRED: dict[str, str] = {
     "policy": "the task's SFT model",
@@ -70,7 +64,8 @@ WIRED: dict[str, str] = {
 """PPO options `tether compare` sets itself (what sets them): giving one in ``ppo`` or ``method_options`` is an
 error naming the compare option to set instead."""
 PER_METHOD_REFUSED = {"response_length": "the token budget: set it in ppo (shared by every method)",
-                      "stop_at_eos": "the token budget: set it in ppo (shared by every method)"}
+                      "stop_at_eos": "the token budget: set it in ppo (shared by every method)",
+                      "temperature": "the temperature the final evaluation samples every method at: set it in ppo"}
 """Options a single method may not change (they would unmatch the budget)."""
 
 COMPARE_QUICK: dict[str, Any] = {"seeds": [0, 1], "num_updates": 5, "eval_every": 2, "eval_num_prompts": 16,
@@ -119,7 +114,7 @@ class CompareConfig(Section):
     """Methods to compare, by registry name (`tether.config.compare.METHODS`: ppo, grpo, rloo, reinforce_pp)."""
     method_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Your options per method, over the registry's (e.g. {grpo: {samples_per_prompt: 2, kl_in: loss, kl_estimator:
-    k3}}); the budget options (response_length, stop_at_eos and the wired ones) are refused here."""
+    k3}}); response_length, stop_at_eos, temperature and the wired options are refused here (they are shared)."""
     ppo: dict[str, Any] = Field(default_factory=dict)
     """PPO options shared by every method (lr, kl_coef, response_length, temperature, ...); with `task: demo` they
     go over the demo's PPO settings. The wired options (policy, output_dir, seed, num_updates, rollout_batch_size,
