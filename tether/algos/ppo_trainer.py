@@ -149,7 +149,7 @@ class PPOTrainer:
         """
         cfg = self.cfg
         if self.run.finished:
-            note(f"{self.output_dir / 'final'} holds the finished run ({cfg.num_updates} updates); nothing to do")
+            note(f"{self.output_dir / 'final'} holds the finished run ({len(self.history)} updates); nothing to do")
             return self.history
         bar = progress(total=cfg.num_updates, desc="ppo", enabled=cfg.progress, unit="update")
         self.loop.run(self.step, bar, postfix=self.monitor.postfix)
