@@ -317,7 +317,7 @@ def check_rollout_logprobs(policy: nn.Module, tokenizer: Any, prompts: Sequence[
                            response_length: int = 8, logprob_fn: Optional[LogprobFn] = None,
                            sample_temperature: Optional[float] = None, seed: int = 0,
                            tol: float = 1e-3) -> CheckResult:
-    """Log-probs the sampler used (``generate``'s processed scores) must match the training forward's at
+    """Log-probs the sampler used (its own log softmax(logits/T)) must match the training forward's at
     ``temperature``. ``sample_temperature``: the temperature the sampler actually applies (default: the same);
     ``logprob_fn``: the training log-prob computation under test."""
     logprob_fn = logprob_fn or response_logprobs
@@ -333,8 +333,8 @@ def check_rollout_logprobs(policy: nn.Module, tokenizer: Any, prompts: Sequence[
     detail = f"{int(mask.sum())} sampled tokens: max |log π_sampler − log π_train| {dev:.1e} at T={temperature}"
     return _result("rollout_logprobs", dev <= tol, detail,
                    "sample and score at the same temperature: divide the logits by T in the training forward "
-                   "(tether.ops.logprobs_from_logits) and give generate() the same T, with no top-k/top-p or "
-                   "repetition penalty (tether.rollout.generate.sampling_config)")
+                   "(tether.ops.logprobs_from_logits) and sample at the same T from exactly softmax(logits/T), "
+                   "with no top-k/top-p or repetition penalty (tether.rollout.sampler)")
 
 
 def _params(model: Optional[nn.Module]) -> int:

@@ -177,6 +177,7 @@ def test_reward_errors_name_the_source(tmp_path, gpt2_tok, make_llama):
 @pytest.mark.parametrize("stop_at_eos", [True, False])
 def test_stop_at_eos_changes_work_not_masks(gpt2_tok, make_eos_llama, stop_at_eos):
     """Both modes mask everything after the first EOS; only `stop_at_eos=False` samples all R tokens of every row."""
+    import tether.rollout.generate as gen
     from tether.rollout.generate import encode_prompts, generate
 
     model = make_eos_llama(gpt2_tok, PROMPTS, target_p=0.3)
@@ -184,12 +185,15 @@ def test_stop_at_eos_changes_work_not_masks(gpt2_tok, make_eos_llama, stop_at_eo
     resize_for_tokenizer(model, gpt2_tok)
     batch = encode_prompts(gpt2_tok, PROMPTS, PROMPTS, 32)
     calls = []
-    original = model.generate
-    model.generate = lambda **kw: calls.append(out := original(**kw)) or out
-    torch.manual_seed(0)
-    rollout, _ = generate(model, gpt2_tok, batch, response_length=12, temperature=1.0, stop_at_eos=stop_at_eos,
-                          micro_batch_size=8)
-    sampled = calls[0].sequences.shape[1] - batch.input_ids.shape[1]
+    original = gen.sample
+    gen.sample = lambda *a, **kw: calls.append(out := original(*a, **kw)) or out
+    try:
+        torch.manual_seed(0)
+        rollout, _ = generate(model, gpt2_tok, batch, response_length=12, temperature=1.0, stop_at_eos=stop_at_eos,
+                              micro_batch_size=8)
+    finally:
+        gen.sample = original
+    sampled = calls[0].steps  # tokens drawn per row (one forward each)
     assert bool(rollout.has_eos.any()), "the fixture should make EOS likely"
     lengths = rollout.response_mask.sum(1)
     first_eos = (rollout.query_response[:, batch.input_ids.shape[1]:] == gpt2_tok.eos_token_id).float().argmax(1)

@@ -27,6 +27,7 @@ from tether.models.forward import causal_lm_logits, causal_lm_logits_and_hidden
 from tether.records import Experience, Rollout
 from tether.rewards.base import combine_scores
 from tether.rollout.generate import encode_prompts, generate
+from tether.rollout.sampler import row_seed
 from tether.rollout.score import critic_values, reference_logprobs, rollout_values
 
 
@@ -91,11 +92,12 @@ def collect(state: PPOState, u: int) -> Scored:
     idx = prompt_indices(u, cfg.rollout_batch_size, len(state.prompts), cfg.seed)
     texts = [state.prompts[i] for i in idx for _ in range(cfg.samples_per_prompt)]
     batch = encode_prompts(state.tokenizer, texts, texts, cfg.max_prompt_length, cfg.prompt_truncation)
-    torch.manual_seed(derive_seed(cfg.seed, "rollout", u))
+    # one generator per row, from (seed, update, prompt index, sample index): the draws never depend on the batch
+    seeds = [row_seed(cfg.seed, u, i, k) for i in idx for k in range(cfg.samples_per_prompt)]
     with state.autocast():
         rollout, gen_logprobs = generate(
             state.policy, state.tokenizer, batch, response_length=cfg.response_length, temperature=cfg.temperature,
-            stop_at_eos=cfg.stop_at_eos, micro_batch_size=cfg.micro_batch_size,
+            stop_at_eos=cfg.stop_at_eos, micro_batch_size=cfg.micro_batch_size, seeds=seeds,
         )
     mask = rollout.response_mask
     t_gen = time.perf_counter()

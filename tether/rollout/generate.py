@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +13,7 @@ from tether import ops
 from tether.errors import DataError
 from tether.models.forward import causal_lm_logits
 from tether.records import Rollout
+from tether.rollout.sampler import sample
 
 
 @dataclass(frozen=True)
@@ -101,39 +103,36 @@ def generate(
     temperature: float,
     stop_at_eos: bool,
     micro_batch_size: int,
+    seeds: Optional[Sequence[int]] = None,
 ) -> tuple[Rollout, Tensor]:
-    """Sample one completion per prompt row, truncate after the first EOS, recompute the old log-probs with the
-    training forward (so the first minibatch has ratio 1 exactly, ppo_details.md D5 path b).
+    """Sample one completion per prompt row with the per-row seeded sampler (:mod:`tether.rollout.sampler`),
+    truncate after the first EOS, recompute the old log-probs with the training forward (so the first minibatch has
+    ratio 1 exactly, ppo_details.md D5 path b).
 
+    ``seeds``: one seed per row (PPO passes :func:`tether.rollout.sampler.row_seed` of each row's prompt index and
+    sample index); None draws them from torch's global generator (so ``torch.manual_seed`` before the call fixes
+    them, but then a row's completion depends on its place in the batch).
     Returns the rollout and ``gen_logprobs`` (B, R): the log-probs the sampler itself used, for the
     ``rollout/logprob_mismatch_max`` metric.
     """
+    if seeds is None:
+        seeds = torch.randint(0, 2**63 - 1, (batch.input_ids.shape[0],)).tolist()
     was_training = policy.training
     policy.eval()
-    gen = sampling_config(
-        policy, tokenizer, response_length=response_length, temperature=temperature, stop_at_eos=stop_at_eos
-    )
-    with pure_sampling(policy):
-        out = policy.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long(),
-                              generation_config=gen)
-    q = batch.input_ids.shape[1]
-    seq = out.sequences[:, q:]
-    n = seq.shape[1]
-    responses = torch.full((seq.shape[0], response_length), tokenizer.pad_token_id, dtype=torch.long)
-    responses[:, :n] = seq
-    # generate() fills finished rows with pad; the mask comes from the first EOS only
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    drawn = sample(policy, batch.input_ids, batch.attention_mask, seeds, response_length=response_length,
+                   temperature=temperature, eos_token_id=tokenizer.eos_token_id if stop_at_eos else None,
+                   pad_token_id=pad)
+    responses = drawn.tokens.to(batch.input_ids.device)
+    # the mask comes from the first EOS only (with stop_at_eos off the sampler ran on past it)
     response_mask, has_eos = ops.response_mask_from_eos(responses, tokenizer.eos_token_id)
-    responses = responses.masked_fill(~response_mask, tokenizer.pad_token_id)
-    scores = torch.stack(out.scores, dim=1).float()  # (B, n, V) processed: already divided by T
-    gen_logprobs = torch.zeros_like(responses, dtype=torch.float32)
-    gen_logprobs[:, :n] = ops.logprobs_from_logits(scores, seq.clamp(max=scores.shape[-1] - 1), 1.0)
-    del out, scores
-
+    responses = responses.masked_fill(~response_mask, pad)
+    q = batch.input_ids.shape[1]
     query_response = torch.cat([batch.input_ids, responses], dim=1)
     attention_mask = torch.cat([batch.attention_mask, response_mask], dim=1)
     logprobs = response_logprobs(policy, query_response, attention_mask, q, temperature, micro_batch_size)
     logprobs = torch.where(response_mask, logprobs, 0.0)
-    gen_logprobs = torch.where(response_mask, gen_logprobs, 0.0)
+    gen_logprobs = torch.where(response_mask, drawn.logprobs.to(logprobs.dtype), 0.0)
     texts = tokenizer.batch_decode(
         [r[m].tolist() for r, m in zip(responses, response_mask)], skip_special_tokens=True
     )
