@@ -44,21 +44,23 @@ def test_time_limit_on_the_real_clock_and_no_limit(tmp_path, make_llama, gpt2_to
     assert len(t2.train()) == 2
 
 
-def test_sampled_tokens_count_what_generate_produced(tmp_path, make_eos_llama, gpt2_tok):
-    """``rollout/sampled_tokens`` = rows × the steps generate() ran: response_length without stop_at_eos, the longest
-    completion with it (the oracle: the width of generate()'s own output)."""
-    widths = []
+def test_sampled_tokens_count_what_the_sampler_drew(tmp_path, make_eos_llama, gpt2_tok, monkeypatch):
+    """``rollout/sampled_tokens`` = rows × the steps the sampler ran: response_length without stop_at_eos, the
+    longest completion with it (the oracle: the sampler's own count of forward steps)."""
+    import tether.rollout.generate as generate
+
+    steps = []
+    real = generate.sample
+
+    def spy(*a, **k):
+        drawn = real(*a, **k)
+        steps.append(drawn.steps)
+        return drawn
+
+    monkeypatch.setattr(generate, "sample", spy)
     for stop in (True, False):
         model = make_eos_llama(gpt2_tok, PROMPTS, target_p=0.3)
-        real = model.generate
-
-        def spy(*a, _real=real, **k):
-            out = _real(*a, **k)
-            widths.append(out.sequences.shape[1] - k["input_ids"].shape[1])
-            return out
-
-        model.generate = spy
         t = make(tmp_path, gpt2_tok, model, length_reward, name=f"eos{stop}", stop_at_eos=stop, response_length=12)
         (m,) = t.train()
-        assert m["rollout/sampled_tokens"] == 8 * widths[-1]
-    assert widths[1] == 12 and widths[0] < 12  # EOS is likely: with stop_at_eos generation ended early
+        assert m["rollout/sampled_tokens"] == 8 * steps[-1]
+    assert steps[1] == 12 and steps[0] < 12  # EOS is likely: with stop_at_eos sampling ended early
