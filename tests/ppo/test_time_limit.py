@@ -59,7 +59,7 @@ def test_sampled_tokens_count_what_the_sampler_drew(tmp_path, make_eos_llama, gp
 
     monkeypatch.setattr(generate, "sample", spy)
     for stop in (True, False):
-        model = make_eos_llama(gpt2_tok, PROMPTS, target_p=0.3)
+        model = make_eos_llama(gpt2_tok, PROMPTS, target_p=0.9)
         t = make(tmp_path, gpt2_tok, model, length_reward, name=f"eos{stop}", stop_at_eos=stop, response_length=12)
         (m,) = t.train()
         assert m["rollout/sampled_tokens"] == 8 * steps[-1]
