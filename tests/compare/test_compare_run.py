@@ -114,3 +114,22 @@ def test_bad_input_one_line_before_anything_is_written(task, tmp_path, capsys, b
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith("tether: error: ") and expected in err[0], err
     assert not out.exists()
+
+
+def test_time_budget_every_method_stops_at_the_limit(task, tmp_path, capsys):
+    """budget=time: each run stops after the update that reaches time_limit_s (here the first: a millisecond), with
+    num_updates as the cap; the report shows the updates each method fitted in."""
+    out = tmp_path / "cmp"
+    argv = ["compare", *task, f"output_dir={out}", "methods=[ppo, rloo]", "seeds=[0]", "budget=time",
+            "time_limit_s=0.001", "num_updates=5", "completions_per_update=4", "method_options.rloo.samples_per_prompt=2",
+            "ppo.response_length=4", "ppo.micro_batch_size=2", "ppo.num_ppo_epochs=1", "ppo.sample_every=0",
+            "ppo.monitor.preflight=false", "ppo.monitor.tensorboard=false", "ppo.monitor.report=false",
+            "eval_every=5", "eval_num_prompts=2", "num_prompts=2", "judges=[vader]"]
+    assert main(argv) == 0, capsys.readouterr().err
+    rep = json.loads((out / "compare.json").read_text())
+    for m in ("ppo", "rloo"):
+        assert rep["methods"][m]["budget"]["updates"] == [1]
+        assert [p["update"] for p in rep["curves"][m]["0"]] == [1]  # the stopping update was evaluated
+        assert (out / m / "seed0" / "final" / "tether_config.yaml").is_file()
+    assert rep["resampled"] == "prompts"  # one seed: intervals over prompts only
+    assert "0.001 s per run (at most 5 updates)" in (out / "compare.md").read_text()

@@ -21,7 +21,8 @@ def test_time_limit_stops_after_the_update_that_reaches_it(tmp_path, make_llama,
     ev = tmp_path / "eval.jsonl"
     ev.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[:4]))
     monitor = {**QUIET, "eval_every": 100, "eval_prompts": str(ev), "eval_num_prompts": 4, "judges": ["vader"]}
-    model = make_llama(len(gpt2_tok) + 1)
+    vocab = len(gpt2_tok) + 1  # the trainer adds a pad token to the tokenizer it is given
+    model = make_llama(vocab)
     t = make(tmp_path, gpt2_tok, model, length_reward, num_updates=10, time_limit_s=25.0, lr_schedule="constant",
              checkpoint_every=0, monitor=monitor)
     history = t.train()
@@ -31,15 +32,24 @@ def test_time_limit_stops_after_the_update_that_reaches_it(tmp_path, make_llama,
     assert (out / "final" / "tether_config.yaml").is_file()
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["update-000003"]
     # built again on the same output_dir: the finished run is reused, nothing is trained
-    again = make(tmp_path, gpt2_tok, make_llama(len(gpt2_tok) + 1), length_reward, num_updates=10,
+    again = make(tmp_path, gpt2_tok, make_llama(vocab), length_reward, num_updates=10,
                  time_limit_s=25.0, lr_schedule="constant", checkpoint_every=0, monitor=monitor)
     assert again.run.finished and [r["update"] for r in again.train()] == [1, 2, 3]
+    # the final save was lost (a crash after the last checkpoint): the resumed run is past its limit, takes no
+    # update, and saves final/ from the checkpoint
+    import shutil
+
+    shutil.rmtree(out / "final")
+    third = make(tmp_path, gpt2_tok, make_llama(vocab), length_reward, num_updates=10,
+                 time_limit_s=25.0, lr_schedule="constant", checkpoint_every=0, monitor=monitor)
+    assert not third.run.finished and [r["update"] for r in third.train()] == [1, 2, 3]
+    assert (out / "final" / "tether_config.yaml").is_file() and len(_metrics(out)) == 3
 
 
 def test_time_limit_on_the_real_clock_and_no_limit(tmp_path, make_llama, gpt2_tok):
     model = make_llama(len(gpt2_tok) + 1)
     t = make(tmp_path, gpt2_tok, model, length_reward, num_updates=4, time_limit_s=1e-3, lr_schedule="constant")
-    assert len(t.train()) == 1  # the first update alone takes longer than a millisecond
+    assert len(t.train()) == 1  # a fresh run takes at least one update, which takes longer than a millisecond
     t2: PPOTrainer = make(tmp_path, gpt2_tok, model, length_reward, name="nolimit", num_updates=2)
     assert len(t2.train()) == 2
 

@@ -169,6 +169,7 @@ class RunLoop:
         self.save_best: Optional[Callable[[], Any]] = None
         self._stop: Optional[StopRequest] = None
         elapsed = self._start()
+        self._elapsed_at_start = elapsed
         self._t0 = time.perf_counter() - elapsed
 
     # ------------------------------------------------------------------ start
@@ -278,7 +279,9 @@ class RunLoop:
         try:
             with StopRequest() as stop:
                 bar.update(self.step)
-                while self.step < self.total and not self.out_of_time():
+                # a run resumed at or past its time limit takes no step; a fresh one takes at least one
+                spent = self.time_limit_s is not None and self._elapsed_at_start >= self.time_limit_s
+                while self.step < self.total and not spent:
                     step()
                     bar.update(1)
                     if postfix is not None:
