@@ -88,12 +88,17 @@ def frontier(curves: Sequence[Sequence[Mapping[str, Any]]], judges: Sequence[str
 
 
 def run_totals(records: Sequence[Mapping[str, Any]], sequences_per_update: int) -> dict[str, Any]:
-    """One run's budget as its metrics show it: ``updates``, ``train_s`` (the sum of ``TRAIN_TIME_KEYS``),
+    """One run's budget as its metrics show it: ``updates`` (the last ``update``, or ``step`` of an offline stage),
+    ``train_s`` (the sum of ``TRAIN_TIME_KEYS``, or the last ``time/elapsed_s`` of an offline stage),
     ``sampled_tokens`` (the sum of ``rollout/sampled_tokens``), ``response_tokens`` (Σ ``response/length_mean`` ×
     sequences: the valid tokens up to EOS) and ``completions`` (updates × sequences)."""
-    updates = len([r for r in records if "update" in r])
+    steps = [int(r.get("update", r.get("step", 0)) or 0) for r in records]
+    updates = max(steps, default=0)
+    train_s = sum(_num(r.get(k)) or 0.0 for r in records for k in TRAIN_TIME_KEYS)
+    if not any(k in r for r in records for k in TRAIN_TIME_KEYS):  # an offline stage logs its elapsed time instead
+        train_s = max((_num(r.get("time/elapsed_s")) or 0.0 for r in records), default=0.0)
     return {"updates": updates,
-            "train_s": sum(_num(r.get(k)) or 0.0 for r in records for k in TRAIN_TIME_KEYS),
+            "train_s": train_s,
             "sampled_tokens": int(round(sum(_num(r.get("rollout/sampled_tokens")) or 0.0 for r in records))),
             "response_tokens": int(round(sum((_num(r.get("response/length_mean")) or 0.0) * sequences_per_update
                                              for r in records))),
@@ -120,6 +125,7 @@ def summarize(cfg: CompareConfig, results: Mapping[str, Any], runs: Mapping[str,
         seeds = runs[m]
         ttq = {s: time_to_quality(r["curve"], quality, cfg.quality_threshold) for s, r in seeds.items()}
         reached = [v for v in ttq.values() if v is not None]
+        evaluated = any(r["curve"] for r in seeds.values())  # an offline method has no evaluations during training
         totals = {s: r["totals"] for s, r in seeds.items()}
         out[m] = {
             "stage": METHODS[m].stage,
@@ -133,7 +139,7 @@ def summarize(cfg: CompareConfig, results: Mapping[str, Any], runs: Mapping[str,
                        "completions": sorted({t["completions"] for t in totals.values()}),
                        "updates": sorted({t["updates"] for t in totals.values()})},
             "time_to_quality": {"judge": quality, "threshold": cfg.quality_threshold, "per_seed": ttq,
-                                "reached": f"{len(reached)}/{len(ttq)}",
+                                "reached": f"{len(reached)}/{len(ttq)}" if evaluated else "n/a",
                                 "train_s_mean": _mean([v["train_s"] for v in reached]),
                                 "update_mean": _mean([float(v["update"]) for v in reached])},
             "frontier": frontier([r["curve"] for r in seeds.values()], judges),
@@ -172,7 +178,7 @@ def format_markdown(cfg: CompareConfig, summary: Mapping[str, Any], results: Map
                 f" · {w['mean']:.2f}" if w else "")
         t = s["time_to_quality"]
         ttq = (f"{t['train_s_mean']:.0f} · {t['update_mean']:.1f} · {t['reached']}" if t["train_s_mean"] is not None
-               else f"not reached · {t['reached']}")
+               else "n/a (no evaluations during training)" if t["reached"] == "n/a" else f"not reached · {t['reached']}")
         b = s["budget"]
         rows.append([m, *[g(j) for j in judges], *([g("rm")] if has_rm else []), _iv(s["kl"], False),
                      _iv(s["ref_ppl"], False), f"{b['train_s_mean']:.0f}" if b["train_s_mean"] is not None else "n/a",
@@ -261,7 +267,14 @@ def _train_ppo(stage_cfg) -> Path:
     return Path(stage_cfg.output_dir) / "final"
 
 
-TRAINERS: dict[str, Callable[[Any], Path]] = {"ppo": _train_ppo}
+def _train_dpo(stage_cfg) -> Path:
+    from tether.algos.dpo import train_dpo
+
+    train_dpo(stage_cfg, progress=sys.stderr.isatty())
+    return Path(stage_cfg.output_dir) / "final"
+
+
+TRAINERS: dict[str, Callable[[Any], Path]] = {"ppo": _train_ppo, "dpo": _train_dpo}
 """Stage name (``Method.stage``) → a function that trains (or continues) one run from its config and returns the
 directory of its final policy."""
 
@@ -304,7 +317,8 @@ def sft_baselines(cfg: CompareConfig, paths: Mapping[str, Optional[str]]) -> dic
 
     cache = Path(cfg.output_dir) / "sft_heldout.json"
     known: dict[str, dict[str, float]] = json.loads(cache.read_text()) if cache.is_file() else {}
-    configs = {_heldout_key(sc): sc for sc in (cfg.stage_config(m, s) for s in cfg.seeds for m in cfg.methods)}
+    configs = {_heldout_key(sc): sc for sc in (cfg.stage_config(m, s) for s in cfg.seeds for m in cfg.methods
+                                               if METHODS[m].stage == "ppo")}
     todo = {k: sc for k, sc in configs.items() if k not in known}
     if todo:
         policy, tok = load_policy(str(paths["sft"]), pad_policy="add", progress=False)
@@ -349,10 +363,15 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         for seed in cfg.seeds:
             sc = cfg.stage_config(m, seed)
             records = read_jsonl(Path(sc.output_dir) / "metrics.jsonl")
-            runs[m][seed] = {"curve": heldout_curve(records, baselines[_heldout_key(sc)], cfg.judges),
-                             "totals": run_totals(records, sc.rollout_batch_size * sc.samples_per_prompt)}
+            sampling = METHODS[m].stage == "ppo"
+            base = baselines[_heldout_key(sc)] if sampling else {}
+            runs[m][seed] = {"curve": heldout_curve(records, base, cfg.judges),
+                             "totals": run_totals(records, sc.rollout_batch_size * sc.samples_per_prompt
+                                                  if sampling else 0)}
 
-    first = cfg.stage_config(cfg.methods[0], cfg.seeds[0])
+    sampled = [m for m in cfg.methods if METHODS[m].stage == "ppo"]
+    # the final evaluation samples at the sampling methods' settings (the shared ppo options with only dpo)
+    first = cfg.stage_config(sampled[0] if sampled else "ppo", cfg.seeds[0])
     policies: dict[str, Any] = {"sft": str(paths["sft"])}
     policies.update({m: [str(finals[m][s]) for s in cfg.seeds] for m in cfg.methods})
     console.out(f"[compare] final evaluation: SFT and {sum(len(v) for v in finals.values())} runs on {len(prompts)} "

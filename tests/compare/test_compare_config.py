@@ -16,9 +16,13 @@ def cfg(*overrides: str) -> CompareConfig:
     return parse_config("compare", None, [*TASK, *overrides])
 
 
+SAMPLING = [m for m, spec in METHODS.items() if spec.stage == "ppo"]
+
+
 def test_every_registry_method_is_one_ppo_config_with_the_same_completions_per_update():
-    c = cfg(f"methods={list(METHODS)}", "completions_per_update=8", "seeds=[3, 4]", "num_updates=7")
-    for m, spec in METHODS.items():
+    c = cfg(f"methods={SAMPLING}", "completions_per_update=8", "seeds=[3, 4]", "num_updates=7")
+    for m in SAMPLING:
+        spec = METHODS[m]
         sc = c.stage_config(m, 4)
         assert sc.advantage == spec.options["advantage"]
         assert sc.rollout_batch_size * sc.samples_per_prompt == 8
@@ -27,7 +31,18 @@ def test_every_registry_method_is_one_ppo_config_with_the_same_completions_per_u
         assert sc.output_dir == f"runs/compare/{m}/seed4" and sc.policy == "runs/sft"
         assert sc.monitor.eval_prompts == "e.jsonl" and sc.monitor.judges == ["vader", "textblob", "afinn"]
     assert c.stage_config("grpo", 3).rollout_batch_size == 2 and c.stage_config("ppo", 3).uses_critic
-    assert {c.stage_config(m, 3).response_length for m in METHODS} == {32}
+    assert {c.stage_config(m, 3).response_length for m in SAMPLING} == {32}
+
+
+def test_dpo_is_one_dpo_config_on_the_tasks_pairs():
+    from tether.config.dpo import DPOConfig
+
+    c = cfg("methods=[rloo, dpo]", "pairs=pairs.jsonl", "method_options.dpo.beta=0.2", "seeds=[5]")
+    d = c.stage_config("dpo", 5)
+    assert isinstance(d, DPOConfig) and (d.model, d.train_file, d.seed, d.beta) == ("runs/sft", "pairs.jsonl", 5, 0.2)
+    assert d.output_dir == "runs/compare/dpo/seed5" and d.loss_type == "sigmoid"
+    demo = parse_config("compare", None, ["task=demo", "demo_dir=dd", "methods=[dpo]"])
+    assert demo.stage_config("dpo", 0).train_file == "dd/data/pairs_train.jsonl"
 
 
 def test_user_options_shared_and_per_method_and_the_time_budget():
@@ -65,6 +80,10 @@ def test_demo_task_takes_the_demos_paths_and_ppo_settings():
     (["ppo.advantage=rloo"], "ppo.advantage: set per method by the registry"),
     (["method_options.grpo.response_length=8"], "method_options.grpo.response_length: one method may not change"),
     (["method_options.rloo.temperature=1.0"], "method_options.rloo.temperature: one method may not change"),
+    (["methods=[dpo]"], "pairs: required for method dpo (preference pairs) unless task=demo"),
+    (["methods=[dpo]", "pairs=x", "budget=time", "time_limit_s=5"], "methods: dpo has no wall-time limit"),
+    (["methods=[dpo]", "pairs=x", "method_options.dpo.model=m"], "method_options.dpo.model is set by tether compare"),
+    (["methods=[dpo]", "pairs=x", "method_options.dpo.beta=0"], "methods.dpo.beta: Input should be greater than 0"),
     (["budget=time"], "time_limit_s: required with budget=time"),
     (["time_limit_s=5"], "time_limit_s: only with budget=time"),
     (["budget=time", "time_limit_s=5", "ppo.lr_schedule=linear"], "budget=time needs lr_schedule=constant"),

@@ -133,3 +133,26 @@ def test_time_budget_every_method_stops_at_the_limit(task, tmp_path, capsys):
         assert (out / m / "seed0" / "final" / "tether_config.yaml").is_file()
     assert rep["resampled"] == "prompts"  # one seed: intervals over prompts only
     assert "0.001 s per run (at most 5 updates)" in (out / "compare.md").read_text()
+
+
+def test_dpo_beside_a_sampling_method(task, tmp_path, capsys):
+    """dpo trains offline on the pairs (its own run length), then is evaluated with the others over its seeds."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": p, "chosen": " good and kind", "rejected": " bad"}) + "\n"
+                             for p in PROMPTS))
+    out = tmp_path / "cmp"
+    argv = ["compare", *task, f"output_dir={out}", f"pairs={pairs}", "methods=[rloo, dpo]", "seeds=[0, 1]",
+            "num_updates=1", "completions_per_update=4", "method_options.rloo.samples_per_prompt=2",
+            "method_options.dpo.max_steps=2", "method_options.dpo.batch_size=2", "method_options.dpo.eval_fraction=0",
+            "ppo.response_length=4", "ppo.micro_batch_size=2", "ppo.num_ppo_epochs=1", "ppo.sample_every=0",
+            "ppo.monitor.preflight=false", "ppo.monitor.tensorboard=false", "ppo.monitor.report=false",
+            "eval_every=1", "eval_num_prompts=2", "num_prompts=2", "judges=[vader]"]
+    assert main(argv) == 0, capsys.readouterr().err
+    rep = json.loads((out / "compare.json").read_text())
+    d = rep["methods"]["dpo"]
+    assert d["stage"] == "dpo" and d["budget"]["updates"] == [2] and d["budget"]["sampled_tokens"] == [0]
+    assert d["gain"]["vader"]["n_runs"] == [1, 2] and d["time_to_quality"]["reached"] == "n/a"
+    assert [p["update"] for p in d["frontier"]] == [0]
+    assert rep["methods"]["rloo"]["budget"]["sampled_tokens"][0] > 0
+    assert "| dpo |" in (out / "compare.md").read_text()
+    assert (out / "dpo" / "seed1" / "final" / "config.json").is_file()

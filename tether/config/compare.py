@@ -30,8 +30,9 @@ from tether.errors import ConfigError
 class Method:
     """One entry of the registry: the stage that trains the method and the options it sets on that stage."""
 
-    stage: Literal["ppo"]
-    """The trainer (``tether.compare.TRAINERS``); a DPO entry will name its own stage."""
+    stage: Literal["ppo", "dpo"]
+    """The trainer (``tether.compare.TRAINERS``) and the config it builds: ``ppo`` (``PPOConfig``, sampling against
+    the reward) or ``dpo`` (``DPOConfig``, offline on the task's preference pairs)."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Options of the stage's config that make the method (your ``method_options`` win)."""
     about: str = ""
@@ -45,6 +46,8 @@ METHODS: dict[str, Method] = {
                    "RLOO: each completion's return minus the mean of its prompt's other completions, no critic"),
     "reinforce_pp": Method("ppo", {"advantage": "reinforce_pp"},
                            "REINFORCE++: per-token KL-shaped returns whitened over the batch, no critic"),
+    "dpo": Method("dpo", {"loss_type": "sigmoid"},
+                  "DPO: offline on the task's preference pairs against the frozen SFT model; no sampling, no reward"),
 }
 """The methods `tether compare` knows, by name (docs/compare.md, "The methods", has them as a table)."""
 
@@ -104,6 +107,9 @@ class CompareConfig(Section):
     reward_model when both are given."""
     prompts: Optional[str] = None
     """Training prompt file (a `prompt` or `messages` column)."""
+    pairs: Optional[str] = None
+    """Preference pairs (`prompt`/`chosen`/`rejected`, as `tether rm` reads) for the offline method `dpo`; with
+    `task: demo` the demo's training pairs."""
     eval_prompts: Optional[str] = None
     """Held-out prompt file: the evaluations during training (the frontier, time-to-quality) and the final one."""
     judges: list[str] = Field(default_factory=lambda: ["vader", "textblob", "afinn"])
@@ -111,7 +117,7 @@ class CompareConfig(Section):
 
     # --- the methods and seeds -----------------------------------------------------------------------------------
     methods: list[str] = Field(default_factory=lambda: ["ppo", "grpo", "rloo", "reinforce_pp"])
-    """Methods to compare, by registry name (`tether.config.compare.METHODS`: ppo, grpo, rloo, reinforce_pp)."""
+    """Methods to compare, by registry name (`tether.config.compare.METHODS`: ppo, grpo, rloo, reinforce_pp, dpo)."""
     method_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Your options per method, over the registry's (e.g. {grpo: {samples_per_prompt: 2, kl_in: loss, kl_estimator:
     k3}}); response_length, stop_at_eos, temperature and the wired options are refused here (they are shared)."""
@@ -182,6 +188,12 @@ class CompareConfig(Section):
             raise ValueError("time_limit_s: required with budget=time (seconds per run)")
         if self.budget == "tokens" and self.time_limit_s is not None:
             raise ValueError("time_limit_s: only with budget=time (budget=tokens runs num_updates updates)")
+        offline = [m for m in self.methods if METHODS[m].stage == "dpo"]
+        if offline and self.budget == "time":
+            raise ValueError(f"methods: {offline[0]} has no wall-time limit; budget=time compares the sampling "
+                             "methods only")
+        if offline and self.task is None and self.pairs is None:
+            raise ValueError(f"pairs: required for method {offline[0]} (preference pairs) unless task=demo")
         if self.task is None:
             for key in ("sft", "prompts", "eval_prompts"):
                 if getattr(self, key) is None:
@@ -212,11 +224,12 @@ class CompareConfig(Section):
         """``{sft, reward_model, reward_fn, prompts, eval_prompts}`` of the task (the demo's under ``demo_dir``)."""
         if self.task != "demo":
             return {"sft": self.sft, "reward_model": self.reward_model, "reward_fn": self.reward_fn,
-                    "prompts": self.prompts, "eval_prompts": self.eval_prompts}
+                    "prompts": self.prompts, "eval_prompts": self.eval_prompts, "pairs": self.pairs}
         demo = self.demo_config()
         return {"sft": self.sft or demo.sft.output_dir, "reward_model": self.reward_model or demo.rm.output_dir,
                 "reward_fn": self.reward_fn, "prompts": self.prompts or f"{demo.data_dir}/prompts_train.jsonl",
-                "eval_prompts": self.eval_prompts or f"{demo.data_dir}/prompts_eval.jsonl"}
+                "eval_prompts": self.eval_prompts or f"{demo.data_dir}/prompts_eval.jsonl",
+                "pairs": self.pairs or f"{demo.data_dir}/pairs_train.jsonl"}
 
     def demo_config(self):
         """The ``DemoConfig`` whose data and first two stages the demo task uses."""
@@ -227,12 +240,28 @@ class CompareConfig(Section):
     def run_dir(self, method: str, seed: int) -> Path:
         return Path(self.output_dir) / method / f"seed{seed}"
 
-    def stage_config(self, method: str, seed: int) -> PPOConfig:
-        """The validated config of one run: the demo's PPO settings (``task: demo``), the shared ``ppo`` options,
-        the registry's options for ``method``, your ``method_options``, then the wiring (budget, seed, paths)."""
+    def stage_config(self, method: str, seed: int):
+        """The validated config of one run: for a ``ppo``-stage method (a ``PPOConfig``) the demo's PPO settings
+        (``task: demo``), the shared ``ppo`` options, the registry's options for ``method``, your
+        ``method_options``, then the wiring (budget, seed, paths); for ``dpo`` (a ``DPOConfig``) the registry's
+        options, yours, then the model (the SFT model), the task's pairs, seed and output_dir."""
         from tether.config.pipeline import DEMO_STAGES
 
         spec = METHODS[method]
+        if spec.stage == "dpo":
+            from tether.config.dpo import DPOConfig
+
+            data = {**_deepcopy(dict(spec.options)), **_deepcopy(self.method_options.get(method, {}))}
+            for key in ("model", "train_file"):
+                if key in data:
+                    raise ValueError(f"method_options.{method}.{key} is set by tether compare (the task's "
+                                     f"{'SFT model' if key == 'model' else 'pairs'}); remove it")
+            data.update(model=self.task_paths["sft"], train_file=self.task_paths["pairs"],
+                        output_dir=str(self.run_dir(method, seed)), seed=seed)
+            try:
+                return build(DPOConfig, data, f"methods.{method}")
+            except ConfigError as err:
+                raise ValueError(str(err)) from None
         data: dict[str, Any] = {}
         if self.task == "demo":
             data = {k: v for k, v in _deepcopy(DEMO_STAGES["ppo"]).items() if k not in DEMO_PPO_SKIP}
