@@ -9,7 +9,7 @@ from tether.cli import parse_config
 from tether.config.compare import COMPARE_QUICK, METHODS, CompareConfig
 from tether.errors import ConfigError
 
-TASK = ["sft=runs/sft", "reward_fn=_rewards:spaces", "prompts=p.jsonl", "eval_prompts=e.jsonl"]
+TASK = ["sft=runs/sft", "reward_fn=_compare_rewards:spaces", "prompts=p.jsonl", "eval_prompts=e.jsonl"]
 
 
 def cfg(*overrides: str) -> CompareConfig:

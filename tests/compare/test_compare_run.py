@@ -23,7 +23,7 @@ def task(tmp_path, make_llama, gpt2_tok, monkeypatch):
     copy.deepcopy(gpt2_tok).save_pretrained(sft)
     for name, rows in (("train.jsonl", PROMPTS), ("eval.jsonl", PROMPTS[:4])):
         (tmp_path / name).write_text("".join(json.dumps({"prompt": p}) + "\n" for p in rows))
-    return [f"sft={sft}", "reward_fn=_rewards:spaces", f"prompts={tmp_path / 'train.jsonl'}",
+    return [f"sft={sft}", "reward_fn=_compare_rewards:spaces", f"prompts={tmp_path / 'train.jsonl'}",
             f"eval_prompts={tmp_path / 'eval.jsonl'}"]
 
 
