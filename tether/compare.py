@@ -40,10 +40,10 @@ def _num(x: Any) -> Optional[float]:
 
 def heldout_curve(records: Sequence[Mapping[str, Any]], baseline: Mapping[str, float],
                   judges: Sequence[str]) -> list[dict[str, Any]]:
-    """The held-out evaluations of one run, in order: ``{update, train_s, sampled_tokens, kl, sqrt_kl, gain: {judge:
-    eval/<judge> − baseline[judge]}}`` per record that holds ``eval/*``. ``train_s`` and ``sampled_tokens`` are running
-    sums up to and including that update (of ``TRAIN_TIME_KEYS`` and ``rollout/sampled_tokens``); ``baseline``: the
-    SFT model's ``eval/*`` with the same evaluation settings."""
+    """The held-out evaluations of one run, in order: ``{update, train_s, sampled_tokens, kl, sqrt_kl, gain:
+    {judge: eval/<judge> − baseline[judge]}}`` per record that holds ``eval/*``. ``train_s`` and ``sampled_tokens``
+    are running sums up to and including that update (of ``TRAIN_TIME_KEYS`` and ``rollout/sampled_tokens``);
+    ``baseline``: the SFT model's ``eval/*`` with the same evaluation settings."""
     out, t, tokens = [], 0.0, 0.0
     for r in records:
         t += sum(_num(r.get(k)) or 0.0 for k in TRAIN_TIME_KEYS)
@@ -75,7 +75,8 @@ def frontier(curves: Sequence[Sequence[Mapping[str, Any]]], judges: Sequence[str
     for curve in curves:
         for p in curve:
             by_update.setdefault(int(p["update"]), []).append(p)
-    out: list[dict[str, Any]] = [{"update": 0, "sqrt_kl": 0.0, "gain": {j: 0.0 for j in judges}, "n_seeds": len(curves)}]
+    origin = {"update": 0, "sqrt_kl": 0.0, "gain": {j: 0.0 for j in judges}, "n_seeds": len(curves)}
+    out: list[dict[str, Any]] = [origin]
     for u in sorted(by_update):
         pts = by_update[u]
         xs = [p["sqrt_kl"] for p in pts if p.get("sqrt_kl") is not None]
@@ -178,7 +179,8 @@ def format_markdown(cfg: CompareConfig, summary: Mapping[str, Any], results: Map
                 f" · {w['mean']:.2f}" if w else "")
         t = s["time_to_quality"]
         ttq = (f"{t['train_s_mean']:.0f} · {t['update_mean']:.1f} · {t['reached']}" if t["train_s_mean"] is not None
-               else "n/a (no evaluations during training)" if t["reached"] == "n/a" else f"not reached · {t['reached']}")
+               else "n/a (no evaluations during training)" if t["reached"] == "n/a"
+               else f"not reached · {t['reached']}")
         b = s["budget"]
         rows.append([m, *[g(j) for j in judges], *([g("rm")] if has_rm else []), _iv(s["kl"], False),
                      _iv(s["ref_ppl"], False), f"{b['train_s_mean']:.0f}" if b["train_s_mean"] is not None else "n/a",
@@ -223,7 +225,8 @@ def frontier_html(cfg: CompareConfig, summary: Mapping[str, Any], path: Path) ->
                          "text": [f"update {p['update']} ({p['n_seeds']} seeds)" for p in pts],
                          "hovertemplate": "%{text}<br>√KL %{x:.3f}<br>gain %{y:+.3f}<extra>" + m + "</extra>"})
         fig = {"data": data, "layout": {"height": 420, "title": {"text": f"{j}: held-out gain over SFT vs √KL"},
-                                         "xaxis": {"title": {"text": "√(KL to SFT, nats/seq)"}, "rangemode": "tozero"},
+                                         "xaxis": {"title": {"text": "√(KL to SFT, nats/seq)"},
+                                                   "rangemode": "tozero"},
                                          "yaxis": {"title": {"text": f"{j} gain over SFT"}}}}
         divs.append(figure_html(fig, f"frontier-{i}"))
     page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>tether compare: frontier</title>"

@@ -121,7 +121,8 @@ def test_time_budget_every_method_stops_at_the_limit(task, tmp_path, capsys):
     num_updates as the cap; the report shows the updates each method fitted in."""
     out = tmp_path / "cmp"
     argv = ["compare", *task, f"output_dir={out}", "methods=[ppo, rloo]", "seeds=[0]", "budget=time",
-            "time_limit_s=0.001", "num_updates=5", "completions_per_update=4", "method_options.rloo.samples_per_prompt=2",
+            "time_limit_s=0.001", "num_updates=5", "completions_per_update=4",
+            "method_options.rloo.samples_per_prompt=2",
             "ppo.response_length=4", "ppo.micro_batch_size=2", "ppo.num_ppo_epochs=1", "ppo.sample_every=0",
             "ppo.monitor.preflight=false", "ppo.monitor.tensorboard=false", "ppo.monitor.report=false",
             "eval_every=5", "eval_num_prompts=2", "num_prompts=2", "judges=[vader]"]

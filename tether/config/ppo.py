@@ -84,8 +84,9 @@ class PPOConfig(Section):
     time_limit_s: Optional[float] = Field(None, gt=0)
     """Wall-time budget (seconds of training, held-out evaluations included, across resumes): the run stops after
     the update during which it is reached (a fresh run takes at least one; that update is evaluated when held-out
-    evaluation is on) and saves `final/` as at a normal end; num_updates stays the upper bound. null: no limit. With a `linear`/`cosine`
-    schedule the learning rate still anneals over num_updates (`tether compare` uses `constant` for this)."""
+    evaluation is on) and saves `final/` as at a normal end; num_updates stays the upper bound. null: no limit. With
+    a `linear`/`cosine` schedule the learning rate still anneals over num_updates (`tether compare` uses `constant`
+    for this)."""
     rollout_batch_size: int = Field(16, ge=1)
     """Prompts per update."""
     samples_per_prompt: int = Field(1, ge=1)
