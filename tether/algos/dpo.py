@@ -45,6 +45,7 @@ from tether.eval.heldout import BestTracker
 from tether.models.card import model_card
 from tether.models.forward import causal_lm_logits
 from tether.models.precision import compute_context, master_weights
+from tether.monitor.trackers import check_stage_trackers
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ def train_dpo(
     steps raise ``TrainingError`` after ``max_consecutive_skips`` in a row; SIGTERM/Ctrl-C checkpoints and raises
     ``Preempted``.
     """
+    check_stage_trackers(cfg)  # a tracker that is not installed: one line, before anything loads
     out_dir = Path(cfg.output_dir)
     run = stage_run_dir(cfg, restart=restart)
     if run.finished:
@@ -311,7 +313,8 @@ def train_dpo(
         loop.log(record)
 
     bar_text: dict[str, str] = {}
-    loop.run(step, progress_bar(total=total_steps, enabled=progress, desc="dpo"), postfix=lambda: bar_text)
+    bar = progress_bar(total=total_steps, enabled=progress, desc="dpo", every=cfg.log_every)
+    loop.run(step, bar, postfix=lambda: bar_text)
     model.eval()
 
     # 4. save final/ (best/ was saved when its evaluation came)

@@ -12,6 +12,7 @@ from typing import ClassVar, Literal, Optional
 from pydantic import Field, model_validator
 
 from tether.config.base import DataSource, OutputDir, StepRun
+from tether.config.monitor import ReportTo, report_to_field
 
 
 class DPOConfig(StepRun):
@@ -92,13 +93,15 @@ class DPOConfig(StepRun):
     The policy with the lowest held-out loss is saved to output_dir/best/."""
     eval_batch_size: int = Field(8, ge=1)
     """Pairs per forward when evaluating and when precomputing the reference log-probabilities."""
+    report_to: ReportTo = report_to_field()
 
     SECTIONS: ClassVar[tuple[tuple[str, str], ...]] = (
         ("model and data", "model"), ("what is learned", "loss_type"), ("optimisation", "num_epochs"),
         ("logging", "log_every"))
     """`--help` groups: (title, first field); each group runs to the next one's first field."""
     RESUME_SAFE: ClassVar[frozenset[str]] = frozenset({
-        "output_dir", "resume", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips", "log_every"})
+        "output_dir", "resume", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips", "log_every",
+        "report_to"})
     """Fields a resumed run may change: they move outputs, checkpoints or logs, never the trained weights (the
     evaluation cadence picks best/, so it is not among them)."""
     RUN_LENGTH: ClassVar[frozenset[str]] = frozenset({"num_epochs", "max_steps"})
