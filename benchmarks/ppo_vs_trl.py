@@ -10,6 +10,10 @@ Each implementation runs in its own subprocess (peak RSS = ru_maxrss of that chi
 virtualenv (default ~/.cache/tether/bench-trl-venv) created on first use, so tether's own dependencies stay free of
 TRL. Impl `tether_bf16` is tether with `dtype: bfloat16` (frozen reference and reward model in bf16); `tether_amp`
 adds `autocast: bfloat16` (every forward in bf16 matmuls, float32 weights and loss math).
+
+Same work on both sides: TRL's dataset holds one spare batch (at the end of its dataloader TRL would step the
+optimizer on every micro-batch), and both sides count optimizer steps per update (a global optimizer step hook);
+the table prints them with the highest 1-minute load average seen, which should stay near or below 2 on 2 cores.
 """
 
 from __future__ import annotations
@@ -179,6 +183,9 @@ def tether_worker(model_dir: Path, updates: int, dtype: str, prompts: list[str],
     timed(ppo_mod, "reference_logprobs", "ref_fwd")
     timed(ppo_mod, "combine_scores", "reward_fwd")
     timed(ppo_mod, "rollout_values", "critic_fwd")
+    steps: dict[int, int] = {}  # optimizer steps per optimizer in the current update (same work on both sides)
+    torch.optim.optimizer.register_optimizer_step_post_hook(
+        lambda opt, args, kwargs: steps.__setitem__(id(opt), steps.get(id(opt), 0) + 1))
 
     out_dir = tempfile.mkdtemp(prefix="tether-bench-")
     cfg = PPOConfig(
@@ -195,6 +202,7 @@ def tether_worker(model_dir: Path, updates: int, dtype: str, prompts: list[str],
     rows = []
     for _ in range(updates + 1):
         phase.clear()
+        steps.clear()
         t = time.perf_counter()
         m = trainer.step()
         total = time.perf_counter() - t
@@ -209,6 +217,7 @@ def tether_worker(model_dir: Path, updates: int, dtype: str, prompts: list[str],
             "logprob_mismatch_max": m["rollout/logprob_mismatch_max"],
             "first_minibatch_ratio_dev": m["policy/first_minibatch_ratio_dev"],
             "loadavg_1m": os.getloadavg()[0],  # > 2 on this 2-core machine means other work competed for the CPU
+            "optimizer_steps": sorted(steps.values()),  # one count per optimizer (policy, critic)
         })
         print(f"[tether/{dtype}/autocast={autocast}] update {len(rows)}: {total:.2f} s (logprob mismatch "
               f"{m['rollout/logprob_mismatch_max']:.2e}, first-minibatch |ratio-1| "
@@ -242,7 +251,12 @@ TRL_SCRIPT = textwrap.dedent('''
     for m in (policy, ref):
         m.generation_config.eos_token_id = None  # EOS off: every response has the full length
         m.generation_config.pad_token_id = tok.pad_token_id
-    ds = Dataset.from_dict({"input_ids": (ids * n_up)[: P * n_up]})
+    # one spare batch: at the end of its dataloader accelerate syncs (and TRL steps the optimizer) on every
+    # micro-batch, so a dataset of exactly n_up batches makes the last update do 4x the optimizer steps
+    ds = Dataset.from_dict({"input_ids": (ids * (n_up + 1))[: P * (n_up + 1)]})
+    steps = {}
+    torch.optim.optimizer.register_optimizer_step_post_hook(
+        lambda opt, args, kwargs: steps.__setitem__(id(opt), steps.get(id(opt), 0) + 1))
     cfg = PPOConfig(output_dir=tempfile.mkdtemp(prefix="trl-bench-"), per_device_train_batch_size=spec["micro"],
                     gradient_accumulation_steps=P // spec["micro"], num_mini_batches=1,
                     num_ppo_epochs=spec["epochs"], response_length=spec["resp_len"], temperature=0.7,
@@ -275,9 +289,10 @@ TRL_SCRIPT = textwrap.dedent('''
             scoring = phase.get("ref_fwd", 0.0) + phase.get("value_reward_fwd", 0.0)
             rows.append({"total_s": total, "generate_s": phase.get("generate", 0.0), "scoring_fwd_s": scoring,
                          "train_and_other_s": total - phase.get("generate", 0.0) - scoring, **{k + "_s": v for k, v in phase.items()},
-                         "loadavg_1m": os.getloadavg()[0]})
-            print(f"[trl] update {len(rows)}: {total:.2f} s", file=sys.stderr, flush=True)
-            phase.clear(); self.t = time.perf_counter()
+                         "loadavg_1m": os.getloadavg()[0], "optimizer_steps": sorted(steps.values())})
+            print(f"[trl] update {len(rows)}: {total:.2f} s, optimizer steps {sorted(steps.values())}",
+                  file=sys.stderr, flush=True)
+            phase.clear(); steps.clear(); self.t = time.perf_counter()
     clock = Clock()
     t0 = time.perf_counter()
     tr = PPOTrainer(args=cfg, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
@@ -338,6 +353,7 @@ def summarise(res: dict, flops: dict, rates: dict, rss_gb: float) -> dict:
         "phases_median_s": {k: med(k) for k in sorted({k for r in timed for k in r}) if k.endswith("_s")},
         "setup_s": res.get("setup_s"),
         "loadavg_1m_at_updates": [round(r.get("loadavg_1m", -1), 2) for r in timed],
+        "optimizer_steps_per_update": [r.get("optimizer_steps") for r in timed],
     }
     for k in ("versions", "reward_token_path"):
         if k in res:
@@ -356,6 +372,10 @@ def fmt_table(model: str, impls: dict) -> str:
     for label, key, f in rows:
         cells = "".join(f"{f.format(impls[c][key]) if impls[c].get(key) is not None else '-':>16}" for c in cols)
         lines.append(f"{label:28}{cells}")
+    steps = "".join(f"{str((impls[c].get('optimizer_steps_per_update') or ['-'])[0]):>16}" for c in cols)
+    lines.append(f"{'optimizer steps / update':28}{steps}")
+    loads = "".join(f"{max(impls[c].get('loadavg_1m_at_updates') or [-1]):>16.2f}" for c in cols)
+    lines.append(f"{'max load avg (2 cores)':28}{loads}")
     if ref:
         for c in cols:
             if c != "trl":
