@@ -108,6 +108,8 @@ def sample(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, seeds: S
     for t in range(response_length):
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, **last)
         cache = out.cache
+        if cache is None:  # decoding one token without its past would be silently wrong
+            raise RuntimeError(f"sample: {type(model).__name__} returned no KV cache with use_cache=True")
         tok, lp = inverse_cdf(out.logits[:, -1], uniforms[:, t], temperature)
         tok = tok.masked_fill(done, pad_token_id)
         tokens[:, t] = tok
