@@ -18,6 +18,8 @@ _EXPORTS = {
     "RMConfig": "tether.config.rm",
     "train_sft": "tether.algos.sft",
     "train_rm": "tether.algos.rm",
+    "DPOConfig": "tether.config.dpo",
+    "train_dpo": "tether.algos.dpo",
     "RewardSource": "tether.rewards.base",
 }
 

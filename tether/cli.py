@@ -1,4 +1,4 @@
-"""tether: RLHF with PPO for Hugging Face causal LMs (SFT, reward model, PPO, evaluation, the offline demo).
+"""tether: RLHF with PPO for Hugging Face causal LMs (SFT, reward model, PPO, DPO, evaluation, the offline demo).
 
 Each command reads a YAML config plus KEY=VALUE overrides into a typed config and calls the Python API.
 
@@ -40,6 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _config_classes() -> dict[str, tuple[type, str]]:
+    from tether.config.dpo import DPOConfig
     from tether.config.pipeline import DemoConfig, PipelineConfig
     from tether.config.ppo import PPOConfig
     from tether.config.rm import RMConfig
@@ -50,7 +51,8 @@ def _config_classes() -> dict[str, tuple[type, str]]:
         "sft": (SFTConfig, "supervised fine-tuning of a causal LM"),
         "rm": (RMConfig, "train a Bradley–Terry reward model on preference pairs"),
         "ppo": (PPOConfig, "PPO (or a critic-free estimator) against reward models / Python rewards"),
-        "pipeline": (PipelineConfig, "SFT → reward model → PPO, each stage's output feeding the next"),
+        "dpo": (DPOConfig, "DPO or IPO on preference pairs against the frozen starting model (no reward model)"),
+        "pipeline": (PipelineConfig, "SFT → reward model → PPO (or SFT → DPO), each stage's output feeding the next"),
         "eval": (EvalConfig, "compare policies: judges, reward model, KL to the reference, perplexity"),
         "demo": (DemoConfig, "the offline sentiment demo (SmolLM2 + MiniLM RM + PPO, then evaluation)"),
         "doctor": (PPOConfig, "pre-flight checks of a PPO set-up (same options as ppo): a pass/fail table with fixes"),
@@ -73,6 +75,14 @@ def _run_rm(cfg) -> int:
     return 0
 
 
+def _run_dpo(cfg) -> int:
+    from tether.pipeline import run_dpo
+
+    _require_dir(cfg.model, "model")
+    run_dpo(cfg, progress=sys.stderr.isatty())
+    return 0
+
+
 def _run_ppo(cfg) -> int:
     from tether.pipeline import run_ppo
 
@@ -89,7 +99,8 @@ def _run_pipeline(cfg) -> int:
     from tether.pipeline import run_pipeline
 
     _require_dir(cfg.sft.model, "sft.model")
-    _require_dir(cfg.rm.model, "rm.model")
+    if cfg.rm is not None:
+        _require_dir(cfg.rm.model, "rm.model")
     run_pipeline(cfg)
     return 0
 
@@ -127,8 +138,8 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 RUNNERS: dict[str, Callable[[Any], int]] = {
-    "sft": _run_sft, "rm": _run_rm, "ppo": _run_ppo, "pipeline": _run_pipeline, "eval": _run_eval, "demo": _run_demo,
-    "doctor": _run_doctor,
+    "sft": _run_sft, "rm": _run_rm, "dpo": _run_dpo, "ppo": _run_ppo, "pipeline": _run_pipeline, "eval": _run_eval,
+    "demo": _run_demo, "doctor": _run_doctor,
 }
 
 
@@ -198,7 +209,8 @@ def _options_help(name: str, cls: type) -> str:
                                          "fix (their meaning differs): " + ", ".join(refused) + ". docs/cli.md has "
                                          "the table.", **wrap)
     elif name in ("pipeline", "demo"):
-        text += "\n" + textwrap.fill("The sft., rm. and ppo. sections take the TRL / Trainer names of their stage "
+        sections = "sft., rm., ppo. and dpo." if name == "pipeline" else "sft., rm. and ppo."
+        text += "\n" + textwrap.fill(f"The {sections} sections take the TRL / Trainer names of their stage "
                                       "(`tether sft --help`, docs/cli.md).", **wrap)
     return text
 
@@ -238,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-RESUMABLE = {"sft": ("",), "rm": ("",), "ppo": ("",), "pipeline": ("sft.", "rm.", "ppo."),
+RESUMABLE = {"sft": ("",), "rm": ("",), "dpo": ("",), "ppo": ("",), "pipeline": ("sft.", "rm.", "dpo.", "ppo."),
              "demo": ("sft.", "rm.", "ppo.")}
 """Commands that checkpoint and resume (docs/reliability.md), with the config prefixes ``--resume`` sets."""
 
@@ -267,8 +279,10 @@ def _example(name: str) -> str:
     return {
         "sft": "--config configs/sft_example.yaml model=DIR max_steps=50",
         "rm": "--config configs/rm_example.yaml model=DIR num_epochs=2",
+        "dpo": "model=runs/sft train_file=pairs.jsonl beta=0.1 loss_type=ipo",
         "ppo": "--config configs/ppo_example.yaml policy=runs/sft kl_coef=0.1",
-        "pipeline": "--config FILE sft.model=DIR rm.model=DIR ppo.kl_coef=0.05",
+        "pipeline": "--config FILE sft.model=DIR rm.model=DIR ppo.kl_coef=0.05   (or: method=dpo "
+                    "dpo.train_file=pairs.jsonl)",
         "eval": "policies='{sft: runs/demo/sft, ppo: runs/demo/ppo/final}' reference=runs/demo/sft "
                 "prompts=runs/demo/data/prompts_eval.jsonl reward_model=runs/demo/rm",
         "demo": "--quick   (or: --config configs/demo.yaml ppo.kl_coef=0.05)",

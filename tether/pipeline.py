@@ -1,4 +1,5 @@
-"""Run SFT → reward model → PPO, each stage's output feeding the next (wiring: ``tether.config.pipeline``).
+"""Run SFT → reward model → PPO (or SFT → DPO), each stage's output feeding the next (wiring:
+``tether.config.pipeline``).
 
 A stage is skipped when its output directory already holds its finished model made with the same config (up to the
 fields a resume may change; ``tether.engine.run_dir``) and no stage before it was re-run; an interrupted stage
@@ -66,6 +67,23 @@ def run_rm(cfg, *, force: bool = False, progress: bool = True) -> dict:
             "group_accuracy": res.group_accuracy, "eval_loss": res.eval_loss, "wall_s": wall}
 
 
+def run_dpo(cfg, *, force: bool = False, progress: bool = True) -> dict:
+    from tether.algos.dpo import train_dpo
+
+    t0 = time.perf_counter()
+    final = Path(cfg.output_dir) / "final"
+    if finished(cfg, force=force):
+        out(f"[dpo] skipped: finished policy in {final}")
+        return {"skipped": True, "output_dir": str(final), "wall_s": 0.0}
+    out(f"[dpo] {cfg.loss_type} preference optimisation of {cfg.model} on {cfg.train_file} -> {final}")
+    res = train_dpo(cfg, progress=progress, restart=force)
+    wall = time.perf_counter() - t0
+    out(f"[dpo] done in {wall:.0f}s: {res.steps} steps, train loss {_f(res.train_loss)}, eval loss "
+        f"{_f(res.eval_loss)}, eval reward accuracy {_f(res.eval_accuracy)}" + _where(cfg.output_dir, "final", "best"))
+    return {"skipped": False, "output_dir": str(res.output_dir), "steps": res.steps, "train_loss": res.train_loss,
+            "eval_loss": res.eval_loss, "eval_accuracy": res.eval_accuracy, "wall_s": wall}
+
+
 def run_ppo(cfg, *, force: bool = False) -> dict:
     from tether.algos.ppo_trainer import PPOTrainer
 
@@ -86,11 +104,15 @@ def run_ppo(cfg, *, force: bool = False) -> dict:
 
 
 def run_pipeline(cfg) -> dict:
-    """Run the three stages of a ``PipelineConfig`` (or ``DemoConfig``); returns per-stage summaries."""
+    """Run the stages of a ``PipelineConfig`` (or ``DemoConfig``): SFT, RM, PPO, or with ``method: dpo`` SFT, DPO;
+    returns per-stage summaries."""
     show = sys.stderr.isatty()
     force = bool(getattr(cfg, "force", False))
     out: dict[str, Any] = {}
     out["sft"] = run_sft(cfg.sft, force=force, progress=show)
+    if getattr(cfg, "method", "ppo") == "dpo":
+        out["dpo"] = run_dpo(cfg.dpo, force=force or not out["sft"]["skipped"], progress=show)
+        return out
     out["rm"] = run_rm(cfg.rm, force=force, progress=show)
     upstream_ran = not (out["sft"]["skipped"] and out["rm"]["skipped"])
     out["ppo"] = run_ppo(cfg.ppo, force=force or upstream_ran)

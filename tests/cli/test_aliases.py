@@ -17,14 +17,15 @@ from tether.cli import main, parse_config
 from tether.config.aliases import ALIASES, SAME, TABLE_BEGIN, TABLE_END, migration_table
 from tether.config.base import dump
 from tether.config.ppo import PPOConfig
+from tether.config.dpo import DPOConfig
 from tether.config.rm import RMConfig
 from tether.config.sft import SFTConfig
 from tether.config.shortcuts import SHORTCUTS
 
 ROOT = Path(__file__).resolve().parents[2]
-CLASSES = {"PPOConfig": PPOConfig, "SFTConfig": SFTConfig, "RMConfig": RMConfig}
-COMMAND = {"PPOConfig": "ppo", "SFTConfig": "sft", "RMConfig": "rm"}
-BASE = {"ppo": [], "sft": ["train_file=a.jsonl"], "rm": ["train_file=p.jsonl"]}
+CLASSES = {"PPOConfig": PPOConfig, "SFTConfig": SFTConfig, "RMConfig": RMConfig, "DPOConfig": DPOConfig}
+COMMAND = {"PPOConfig": "ppo", "SFTConfig": "sft", "RMConfig": "rm", "DPOConfig": "dpo"}
+BASE = {"ppo": [], "sft": ["train_file=a.jsonl"], "rm": ["train_file=p.jsonl"], "dpo": ["train_file=p.jsonl"]}
 
 # A value for each alias target that differs from tether's default, so that the alias has a visible effect.
 VALUES = {"lr": "3e-4", "batch_size": "3", "grad_accum": "2", "num_epochs": "2", "model": "m", "adam_eps": "1e-6",
@@ -32,7 +33,7 @@ VALUES = {"lr": "3e-4", "batch_size": "3", "grad_accum": "2", "num_epochs": "2",
           "keep_checkpoints": "3", "eval_batch_size": "5", "clip_eps": "0.3", "clip_eps_high": "0.4",
           "value_clip": "0.5", "num_minibatches": "2", "num_ppo_epochs": "2", "samples_per_prompt": "2",
           "kl_coef": "0.2", "warmup_updates": "3", "response_length": "20", "policy": "p", "reward_model": "rmdir",
-          "autocast": "true", "dtype": "true"}
+          "autocast": "true", "dtype": "true", "precompute_ref_logprobs": "true"}
 
 
 def _cfg(command: str, *overrides: str):
@@ -67,7 +68,7 @@ def test_every_alias_target_has_a_test_value_and_is_an_option():
         else:
             assert a.refuse, a.name
     for command, items in SAME.items():
-        cls = {"ppo": PPOConfig, "sft": SFTConfig, "rm": RMConfig}[command]
+        cls = {"ppo": PPOConfig, "sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig}[command]
         for name, _ in items:
             assert name in cls.model_fields or name in SHORTCUTS, (command, name)
             assert name not in {a.name for a in ALIASES[cls.__name__].values()}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 
 import pytest
 import torch
@@ -108,29 +107,16 @@ def test_report_written_at_close(tmp_path):
     assert logger.close() is None  # idempotent
 
 
-def test_wandb_requested_but_missing_is_a_config_error(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "wandb", None)
-    with pytest.raises(ConfigError, match="monitor.wandb"):
-        RunLogger(tmp_path, MonitorConfig(wandb=True))
-
-
-def test_wandb_logs_scalars_and_tables(tmp_path, monkeypatch):
-    logged = []
-
-    class Run:
-        def log(self, payload, step):
-            logged.append((step, payload))
-
-        def finish(self):
-            logged.append("finished")
-
-    fake = types.SimpleNamespace(init=lambda **kw: Run(), Table=lambda columns, data: ("table", columns, data))
-    monkeypatch.setitem(sys.modules, "wandb", fake)
-    logger = RunLogger(tmp_path, MonitorConfig(wandb=True, tensorboard=False, report=False))
-    _feed(logger, healthy(5))
-    logger.close()
-    assert logged[-1] == "finished" and logged[0][0] == 1
-    assert logged[4][1]["samples"][0] == "table" and "objective/score" in logged[0][1]
+@pytest.mark.parametrize("tracker", ["wandb", "mlflow", "trackio"])
+def test_a_tracker_requested_but_missing_is_a_config_error_naming_the_extra(tmp_path, monkeypatch, tracker):
+    monkeypatch.setitem(sys.modules, tracker, None)
+    with pytest.raises(ConfigError, match=rf"^monitor.report_to: {tracker} needs the `{tracker}` package.*"
+                                          r"pip install 'tether\[trackers\]'"):
+        RunLogger(tmp_path, MonitorConfig(report_to=[tracker]))
+    if tracker == "wandb":  # the shorthand too
+        with pytest.raises(ConfigError, match="wandb needs"):
+            RunLogger(tmp_path, MonitorConfig(wandb=True))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sample_table_markdown_escapes_pipes():

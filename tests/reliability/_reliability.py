@@ -67,6 +67,13 @@ def rm_argv(out: Path, policy: Path, data: Path, *extra: str) -> list[str]:
             "normalize=shift_scale", *extra]
 
 
+def dpo_argv(out: Path, policy: Path, data: Path, *extra: str) -> list[str]:
+    """A tiny DPO run: 2 epochs × 4 steps of 4 pairs, held-out eval every 3 steps (best/), checkpoints every 3."""
+    return ["dpo", f"model={policy}", f"train_file={data / 'pairs.jsonl'}", f"output_dir={out}", "batch_size=4",
+            "num_epochs=2", "eval_fraction=0.2", "eval_every=3", "log_every=1", "max_length=32", "lr=3e-3",
+            "checkpoint_every=3", *extra]
+
+
 def run_cli(argv: list[str]) -> int:
     from tether.cli import main
 

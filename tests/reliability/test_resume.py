@@ -290,3 +290,44 @@ def test_tensorboard_shows_one_curve_after_a_kill_and_resume(tiny_policy, data_d
     assert steps == [1, 2, 3, 4, 5]
     scores = [json.loads(line)["objective/score"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e.value for e in acc.Scalars("objective/score")] == pytest.approx(scores, rel=1e-6)
+
+
+def test_wandb_and_mlflow_resume_into_the_same_run_without_duplicate_steps(tiny_policy, data_dir, tmp_path,  # noqa: F811
+                                                                          monkeypatch, capsys):
+    """Killed after update 3 (newest checkpoint: update 2), the resumed process re-runs update 3; W&B and MLflow
+    continue the same runs (ids kept in trackers.json), no update appears twice (MLflow, written at once, has each
+    update exactly once), the config is logged once."""
+    pytest.importorskip("wandb")
+    pytest.importorskip("mlflow")
+    sys.path.insert(0, str(ROOT / "tests" / "monitor"))
+    from _tracked import mlflow_metrics, wandb_run
+
+    uri = f"file:{tmp_path / 'mlruns'}"
+    for k, v in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true",
+                 "MLFLOW_TRACKING_URI": uri, "MLFLOW_ALLOW_FILE_STORE": "true"}.items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "run"
+    argv = ppo_argv(out, tiny_policy, data_dir, "monitor.report_to=[wandb,mlflow]", "monitor.preflight=false")
+    run_killed(argv, "after-update:3")
+    before = json.loads((out / "trackers.json").read_text())
+    assert before["wandb"]["step"] == before["mlflow"]["step"] == 3
+    assert run_cli(argv) == 0, capsys.readouterr().err
+    after = json.loads((out / "trackers.json").read_text())
+    assert {k: v["id"] for k, v in after.items()} == {k: v["id"] for k, v in before.items()}
+    assert after["wandb"]["step"] == after["mlflow"]["step"] == 5
+    scores = [json.loads(line)["objective/score"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    wb = wandb_run(tmp_path, after["wandb"]["id"])
+    assert len(list(tmp_path.glob(f"wandb/offline-run-*-{after['wandb']['id']}"))) == 2  # two processes, one run
+    # W&B buffers what it is sent: a SIGKILL may lose the killed process's last steps (here 2-3), never double one
+    assert len(wb["configs"]) == 1 and wb["names"] == ["run", "run"]
+    assert wb["steps"] == sorted(set(wb["steps"])) and {1, 4, 5} <= set(wb["steps"]) <= {1, 2, 3, 4, 5}
+    assert [wb["history"][u]["objective/score"] for u in wb["steps"]] == pytest.approx(
+        [scores[u - 1] for u in wb["steps"]], rel=1e-6)
+    ml = mlflow_metrics(uri, after["mlflow"]["id"])  # the file store writes `/` as `.`
+    assert [s for s, _ in ml["metrics"]["objective.score"]] == [1, 2, 3, 4, 5] and ml["name"] == "run"
+    assert [v for _, v in ml["metrics"]["objective.score"]] == pytest.approx(scores, rel=1e-6)
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient(tracking_uri=uri).search_runs([e.experiment_id for e in
+                                                       MlflowClient(tracking_uri=uri).search_experiments()])
+    assert [r.info.run_id for r in runs] == [after["mlflow"]["id"]]

@@ -206,7 +206,7 @@ def test_model_card_lists_a_hub_dataset_and_refuses_unknown_stages():
     assert "[someorg/base](https://huggingface.co/someorg/base)" in card and "| `loss` | 1.5 |" in card
     assert "| `lr` | 2e-05 |" in card and 'pipeline("text-generation", model="runs/x")' in card
     with pytest.raises(ValueError, match="unknown stage"):
-        model_card("dpo", {})
+        model_card("kto", {})
 
 
 def test_data_options_take_a_dataset_from_python_and_read_as_paths_in_help():

@@ -1,4 +1,4 @@
-"""What the offline stages (SFT, RM) share around their loss: the schedule, the optimizer and the run loop over a
+"""What the offline stages (SFT, RM, DPO) share around their loss: the schedule, the optimizer and the run loop over a
 seeded epoch order (:func:`start_offline_run`), and the guarded optimizer step (:func:`offline_step`)."""
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ class OfflineRun:
     max_grad_norm: float | None
 
 
-def start_offline_run(run: RunDir, cfg: Any, model: nn.Module, n_rows: int, stage: str) -> OfflineRun:
+def start_offline_run(run: RunDir, cfg: Any, model: nn.Module, n_rows: int, stage: str, *, heldout: Any = None,
+                      save_best: Any = None) -> OfflineRun:
     """The schedule (``num_epochs`` × ⌈micro-batches / ``grad_accum``⌉ steps, at most ``max_steps``), AdamW, the
     learning-rate schedule and the :class:`RunLoop` over ``n_rows`` rows — fresh, or continued from a checkpoint
     (weights, optimizer, schedule, data order, RNG, logs) — watched by the stage logger (TensorBoard,
-    ``run_info.json``; the report once the model is saved)."""
+    ``run_info.json``; the report once the model is saved); ``heldout``/``save_best``: a held-out evaluation the
+    loop runs when due and the save of its best result (:meth:`RunLoop.watch`; DPO)."""
     total_steps = cfg.num_epochs * math.ceil(math.ceil(n_rows / cfg.batch_size) / cfg.grad_accum)
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -53,7 +55,7 @@ def start_offline_run(run: RunDir, cfg: Any, model: nn.Module, n_rows: int, stag
                    checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
                    max_consecutive_skips=cfg.max_consecutive_skips, skip_noun="optimizer step",
                    skip_phrase="skipped for a non-finite loss or gradient")
-    loop.watch(stage_logger(run.out, cfg, stage))
+    loop.watch(stage_logger(run.out, cfg, stage), heldout, save_best)
     return OfflineRun(loop, optimizer, scheduler, params, order.groups(), total_steps, cfg.max_grad_norm)
 
 

@@ -26,6 +26,7 @@ from tether.eval.heldout import ppo_heldout
 from tether.monitor.hooks import ppo_monitor, preflight
 from tether.models.card import model_card
 from tether.monitor.logger import RunLogger
+from tether.monitor.trackers import check_stage_trackers
 
 
 class PPOTrainer:
@@ -52,6 +53,7 @@ class PPOTrainer:
         restart: bool = False,
     ):
         self.cfg = cfg = config
+        check_stage_trackers(cfg)  # a tracker that is not installed: one line, before anything loads
         self.output_dir = Path(cfg.output_dir)
         self.run = stage_run_dir(cfg, restart=restart)
         set_seed(derive_seed(cfg.seed, "init", 0))  # torch, and Python/NumPy for rewards that draw from them
@@ -152,7 +154,8 @@ class PPOTrainer:
         if self.run.finished:
             note(f"{self.output_dir / 'final'} holds the finished run ({cfg.num_updates} updates); nothing to do")
             return self.history
-        bar = progress(total=cfg.num_updates, desc="ppo", enabled=cfg.progress, unit="update")
+        bar = progress(total=cfg.num_updates, desc="ppo", enabled=cfg.progress, unit="update",
+                       every=self.monitor.cfg.log_every)
         self.loop.run(self.step, bar, postfix=self.monitor.postfix)
         try:
             self.save(self.output_dir / "final")

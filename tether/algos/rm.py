@@ -35,6 +35,7 @@ from tether.engine.optim import set_seed
 from tether.engine.outputs import MetricsWriter, save_model_atomic
 from tether.engine.run_dir import read_jsonl, stage_run_dir
 from tether.monitor.logger import STAGE_LOG_FILES
+from tether.monitor.trackers import check_stage_trackers
 from tether.config.base import dump
 from tether.config.rm import RMConfig
 from tether.data.preferences import collate_pairs, encode_for_reward, pad_right, tokenize_pairs
@@ -303,6 +304,7 @@ def train_rm(
     ``restart=True`` discards an earlier run there. Non-finite steps raise ``TrainingError`` after
     ``max_consecutive_skips`` in a row; SIGTERM/Ctrl-C checkpoints and raises ``Preempted``.
     """
+    check_stage_trackers(cfg)  # a tracker that is not installed: one line, before anything loads
     out_dir = Path(cfg.output_dir)
     run = stage_run_dir(cfg, restart=restart)
     if run.finished:
@@ -382,7 +384,8 @@ def train_rm(
         loop.log(record)
 
     bar_text: dict[str, str] = {}
-    loop.run(step, progress_bar(total=total_steps, enabled=progress, desc="rm"), postfix=lambda: bar_text)
+    bar = progress_bar(total=total_steps, enabled=progress, desc="rm", every=cfg.log_every)
+    loop.run(step, bar, postfix=lambda: bar_text)
     model.eval()
     step, ev = loop.step, loop.extra.get("ev")
     metrics = loop.history

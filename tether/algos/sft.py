@@ -28,6 +28,7 @@ from tether.engine.optim import set_seed
 from tether.engine.outputs import save_model_atomic
 from tether.engine.run_dir import read_jsonl, stage_run_dir
 from tether.monitor.logger import STAGE_LOG_FILES
+from tether.monitor.trackers import check_stage_trackers
 from tether.config.base import dump
 from tether.config.sft import SFTConfig
 from tether.data.readers import adopt_chat_template, read_records
@@ -171,6 +172,7 @@ def train_sft(
     message for bad data, options or models, ``TrainingError`` after ``max_consecutive_skips`` non-finite steps, and
     ``Preempted`` after a SIGTERM/Ctrl-C checkpoint.
     """
+    check_stage_trackers(cfg)  # a tracker that is not installed: one line, before anything loads
     out_dir = Path(cfg.output_dir)
     run = stage_run_dir(cfg, restart=restart)
     if run.finished:
@@ -243,7 +245,8 @@ def train_sft(
         loop.log(record)
 
     bar_loss: dict[str, str] = {}
-    loop.run(step, progress_bar(total=total_steps, enabled=progress, desc="sft"), postfix=lambda: bar_loss)
+    bar = progress_bar(total=total_steps, enabled=progress, desc="sft", every=cfg.log_every)
+    loop.run(step, bar, postfix=lambda: bar_loss)
     model.eval()
 
     # 4. save

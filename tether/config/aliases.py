@@ -7,7 +7,9 @@ is saved under tether's own names. The Python API takes tether's names only. The
 0.29.1 (``PPOConfig``/``GRPOConfig``/``SFTConfig``/``RewardConfig``, all ``TrainingArguments``): where TRL's number
 means something else (its batch sizes are per device and tie the rollout batch to the micro-batch), the alias refuses
 with one line saying which tether options to set and to what. ``docs/cli.md`` carries the table
-(:func:`migration_table`, checked by a test).
+(:func:`migration_table`, checked by a test). ``tether dpo`` takes the step-counted stages' ``Trainer`` names and
+the names of TRL's ``DPOConfig`` options it has (``beta``, ``loss_type``, ``label_smoothing``, ``max_length``,
+``max_prompt_length``, ``precompute_ref_log_probs``).
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ _STEP = (  # SFT and reward model: optimizer steps on one process, as in transfo
           "(true → dtype=bfloat16)", convert=lambda v: ("bfloat16" if v else "float32") if isinstance(v, bool) else v,
           flag=True),
 )
+_DPO = (*_STEP, Alias("precompute_ref_log_probs", "precompute_ref_logprobs", "score every pair with the reference "
+                                                                                "once, before training (same)",
+                        flag=True))
 _PPO = (
     Alias("learning_rate", "lr", "TRL's PPO trains policy and value model with one optimizer at this rate; tether "
           "has two, so the alias sets both unless critic_lr is given", also=("critic_lr",)),
@@ -142,13 +147,20 @@ SAME: dict[str, tuple[tuple[str, str], ...]] = {
            "(transformers' ratio form, a value below 1, is refused)"),
            ("output_dir", "output directory"), ("seed", "seed"), ("max_grad_norm", "gradient clipping"),
            ("max_length", "longest prompt + completion in tokens"), ("weight_decay", "AdamW weight decay")),
+    "dpo": (("beta", "DPO's β (same; with `loss_type: ipo` IPO's τ, as TRL)"),
+            ("loss_type", "`sigmoid` (DPO) or `ipo`; TRL's other losses are not in tether"),
+            ("label_smoothing", "conservative DPO's ε (same)"), ("max_length", "longest prompt + completion in "
+            "tokens (same)"), ("max_prompt_length", "longest prompt in tokens (same)"),
+            ("max_steps", "optimizer steps, overriding the epochs"), ("warmup_steps", "optimizer steps of warm-up "
+            "(transformers' ratio form, a value below 1, is refused)"), ("output_dir", "output directory"),
+            ("seed", "seed"), ("max_grad_norm", "gradient clipping"), ("weight_decay", "AdamW weight decay")),
 }
 """TRL / ``TrainingArguments`` names tether uses as they are (fields, or the ``total_episodes`` shortcut); the
 migration table lists them too."""
 
 
 def _table() -> dict[str, tuple[Alias, ...]]:
-    return {"SFTConfig": _STEP, "RMConfig": _STEP, "PPOConfig": _PPO}
+    return {"SFTConfig": _STEP, "RMConfig": _STEP, "DPOConfig": _DPO, "PPOConfig": _PPO}
 
 
 ALIASES: dict[str, dict[str, Alias]] = {cls: {a.name: a for a in items} for cls, items in _table().items()}
@@ -202,7 +214,7 @@ TABLE_END = "<!-- end of migration table -->"
 
 def _entry(command: str, name: str) -> tuple[str, str] | None:
     """(tether option column, meaning column) of ``name`` for one command, or None when it does not apply."""
-    a = ALIASES[{"ppo": "PPOConfig", "sft": "SFTConfig", "rm": "RMConfig"}[command]].get(name)
+    a = ALIASES[{"ppo": "PPOConfig", "sft": "SFTConfig", "rm": "RMConfig", "dpo": "DPOConfig"}[command]].get(name)
     if a is not None:
         if a.refuse:
             return f"refused: {a.refuse}", a.note
@@ -216,7 +228,7 @@ def migration_table() -> str:
     rows = ["| TRL / Trainer name | command | tether option | meaning |", "| --- | --- | --- | --- |"]
     names = sorted({a.name for t in ALIASES.values() for a in t.values()} | {n for v in SAME.values() for n, _ in v})
     for name in names:
-        entries = {cmd: _entry(cmd, name) for cmd in ("ppo", "sft", "rm")}
+        entries = {cmd: _entry(cmd, name) for cmd in ("ppo", "sft", "rm", "dpo")}
         groups: dict[tuple[str, str], list[str]] = {}
         for cmd, e in entries.items():
             if e is not None:

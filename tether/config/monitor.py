@@ -7,9 +7,9 @@ Alarm thresholds are deliberately loose: an alarm should mean "look at this run 
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from tether.config.base import Section
 
@@ -18,6 +18,41 @@ FP32_LOGPROB_MISMATCH, BF16_LOGPROB_MISMATCH = 1e-3, 1.0
 FP32_RATIO_DEV, BF16_RATIO_DEV = 1e-3, 0.2
 """Default tolerances of the two consistency alarms per precision: float32 forwards agree to ~1e-5; bf16 autocast
 rounds the logits differently for the cached sampler and the full training forward (docs/monitoring.md)."""
+
+
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
+"""The trackers ``report_to`` may name (through accelerate's trackers; docs/monitoring.md)."""
+
+
+def _tracker_list(value: Any) -> Any:
+    """``wandb`` or ``tensorboard,wandb`` (a command-line value) as a list; lists and the rest pass unchanged."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+def _check_trackers(value: list[str]) -> list[str]:
+    if "none" in value and len(value) > 1:
+        raise ValueError(f"report_to={value}: `none` cannot be combined with a tracker")
+    if len(set(value)) != len(value):
+        raise ValueError(f"report_to={value} names a tracker twice")
+    return value
+
+
+ReportTo = Annotated[list[Literal["tensorboard", "wandb", "mlflow", "trackio", "none"]],
+                     BeforeValidator(_tracker_list), AfterValidator(_check_trackers)]
+"""The type of every stage's ``report_to``: a list (or a comma-separated string) of trackers; ``none``: none."""
+
+REPORT_TO_DOC = ("Trackers that get every logged metric and the config: `tensorboard` (`<output_dir>/tb`), `wandb`, "
+                 "`mlflow`, `trackio` (the last three: `pip install 'tether[trackers]'`), or `none`; a list, or one "
+                 "name / comma-separated names on the command line. W&B and MLflow runs are named after the output "
+                 "directory, and a resumed run continues the same tracker run (docs/monitoring.md).")
+"""The one description of ``report_to``, shared by every stage's field."""
+
+
+def report_to_field(default: tuple[str, ...] = ("tensorboard",)) -> Any:
+    """The ``report_to`` field of a stage config (same type, default and meaning in every stage)."""
+    return Field(default_factory=lambda: list(default), description=REPORT_TO_DOC)
 
 
 class AlarmConfig(Section):
@@ -85,12 +120,15 @@ class MonitorConfig(Section):
 
     preflight: bool = True
     """Run the fast `tether doctor` checks before training and stop on a failure."""
+    report_to: ReportTo = report_to_field()
     tensorboard: bool = True
-    """Write TensorBoard event files under `<output_dir>/tb` when the `tensorboard` package is installed."""
+    """Shorthand: false drops `tensorboard` from `report_to`."""
     wandb: bool = False
-    """Also log to Weights & Biases (needs the `wandb` package and a login)."""
-    wandb_project: str = "tether"
-    """W&B project name used when `wandb` is on."""
+    """Shorthand: true adds `wandb` to `report_to`."""
+    wandb_project: Optional[str] = None
+    """W&B project; null: the `WANDB_PROJECT` environment variable, else `tether`."""
+    log_every: int = Field(1, ge=1)
+    """Off a terminal (SLURM, nohup, CI): one progress line every this many updates (and at the last one)."""
     report: bool = True
     """Write `<output_dir>/report.html` when the run ends (needs plotly: `pip install tether[report]`)."""
     eval_every: int = Field(0, ge=0)
@@ -111,3 +149,8 @@ class MonitorConfig(Section):
     """`max` when a higher best_metric is better, `min` when lower is."""
     alarms: AlarmConfig = Field(default_factory=AlarmConfig)
     """Alarm thresholds."""
+
+    def trackers(self) -> list[str]:
+        """The trackers this run logs to: `report_to` less `none`, with the `tensorboard`/`wandb` shorthands."""
+        out = [t for t in self.report_to if t != "none" and (t != "tensorboard" or self.tensorboard)]
+        return out + ["wandb"] if self.wandb and "wandb" not in out else out

@@ -1,8 +1,10 @@
-"""``PipelineConfig`` (SFT → reward model → PPO) and ``DemoConfig`` (the offline sentiment demo).
+"""``PipelineConfig`` (SFT → reward model → PPO, or SFT → DPO with ``method: dpo``) and ``DemoConfig`` (the offline
+sentiment demo).
 
 Wiring rule: each stage's output feeds the next. The SFT output is the PPO policy (and, through PPO's default, its
-frozen reference); the reward-model output is the PPO reward. The reward model has its own backbone (``rm.model``,
-e.g. MiniLM or the SFT model's path if you want a decoder RM). The wiring is applied to the user's nested mapping
+frozen reference); the reward-model output is the PPO reward. With ``method: dpo`` the SFT output is the DPO model
+(policy and frozen reference), and there is no reward model and no PPO stage. The reward model has its own backbone
+(``rm.model``, e.g. MiniLM or the SFT model's path if you want a decoder RM). The wiring is applied to the user's nested mapping
 *before* validation (a ``mode="before"`` validator), so each stage config is built and validated exactly once and
 never rewritten afterwards; setting a wired key yourself is an error that names the key to set instead.
 """
@@ -10,11 +12,12 @@ never rewritten afterwards; setting a wired key yourself is an error that names 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
 from tether.config.base import OutputDir, Section, _deepcopy
+from tether.config.dpo import DPOConfig
 from tether.config.ppo import PPOConfig
 from tether.config.rm import RMConfig
 from tether.config.sft import SFTConfig
@@ -49,17 +52,36 @@ def wire_stages(data: dict, out: str) -> tuple[dict, dict, dict]:
     return sft, rm, ppo
 
 
+def _unused(data: dict, key: str, method: str) -> None:
+    """Drop the section of a stage ``method`` does not run; refuse it when it holds more than the ``resume`` that
+    ``--resume``/``--no-resume`` set for every stage."""
+    section = _section(data, key)
+    section.pop("resume", None)
+    if section:
+        raise ValueError(f"{key}: method={method} does not run the {key} stage; remove its options (or set the "
+                         "method that runs it)")
+    data[key] = None
+
+
 class PipelineConfig(Section):
-    """SFT → reward model → PPO, each stage's output feeding the next (see the module docstring for the wiring)."""
+    """SFT → reward model → PPO (or SFT → DPO with `method: dpo`), each stage's output feeding the next (see the module
+    docstring for the wiring)."""
 
     output_dir: OutputDir = "runs/pipeline"
-    """Run directory; stages write to `<output_dir>/sft`, `/rm`, `/ppo` unless their own output_dir is set."""
+    """Run directory; stages write to `<output_dir>/sft`, `/rm`, `/ppo` (or `/dpo`) unless their own output_dir is
+    set."""
+    method: Literal["ppo", "dpo"] = "ppo"
+    """What follows SFT: `ppo` (a reward model, then PPO against it) or `dpo` (DPO/IPO on preference pairs, no reward
+    model)."""
     sft: SFTConfig
-    """Supervised fine-tuning stage (its output becomes ppo.policy)."""
-    rm: RMConfig
-    """Reward-model stage (its output becomes the first of ppo.rewards; extra ppo.rewards are added after it)."""
-    ppo: PPOConfig
-    """PPO stage (policy and reward wired from the stages before)."""
+    """Supervised fine-tuning stage (its output becomes ppo.policy, or dpo.model)."""
+    rm: Optional[RMConfig] = None
+    """Reward-model stage, method ppo (its output becomes the first of ppo.rewards; extra ppo.rewards are added after
+    it)."""
+    ppo: Optional[PPOConfig] = None
+    """PPO stage, method ppo (policy and reward wired from the stages before)."""
+    dpo: Optional[DPOConfig] = None
+    """DPO stage, method dpo (its model, the policy's start and frozen reference, is the SFT output)."""
     force: bool = False
     """Re-run every stage even when its output directory already holds a finished model with the same config."""
 
@@ -70,7 +92,17 @@ class PipelineConfig(Section):
             return data
         data = _deepcopy(data)
         out = str(data.get("output_dir") or "runs/pipeline")
-        data["sft"], data["rm"], data["ppo"] = wire_stages(data, out)
+        if data.get("method") == "dpo":
+            _unused(data, "rm", "dpo")
+            _unused(data, "ppo", "dpo")
+            sft, dpo = _section(data, "sft"), _section(data, "dpo")
+            sft.setdefault("output_dir", f"{out}/sft")
+            dpo.setdefault("output_dir", f"{out}/dpo")
+            _wire(dpo, "model", sft["output_dir"], "dpo", "the SFT output; set sft.output_dir")
+            data["sft"], data["dpo"] = sft, dpo
+        else:
+            _unused(data, "dpo", str(data.get("method", "ppo")))
+            data["sft"], data["rm"], data["ppo"] = wire_stages(data, out)
         return data
 
 

@@ -10,6 +10,7 @@ from typing import ClassVar, Literal, Optional
 from pydantic import Field, model_validator
 
 from tether.config.base import DataSource, OutputDir, StepRun
+from tether.config.monitor import ReportTo, report_to_field
 
 
 class RMConfig(StepRun):
@@ -90,6 +91,7 @@ class RMConfig(StepRun):
     """Evaluate every this many optimizer steps; null: only at the end."""
     eval_batch_size: int = Field(16, ge=1)
     """Pairs per forward when evaluating and when scoring the reference completions."""
+    report_to: ReportTo = report_to_field()
 
     SECTIONS: ClassVar[tuple[tuple[str, str], ...]] = (
         ("model and data", "model"), ("normalisation", "normalize"), ("optimisation", "num_epochs"),
@@ -97,7 +99,7 @@ class RMConfig(StepRun):
     """`--help` groups: (title, first field); each group runs to the next one's first field."""
     RESUME_SAFE: ClassVar[frozenset[str]] = frozenset({
         "output_dir", "resume", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips", "log_every",
-        "eval_every", "eval_batch_size"})
+        "eval_every", "eval_batch_size", "report_to"})
     """Fields a resumed run may change: they move outputs, checkpoints or logs, never the trained weights."""
     RUN_LENGTH: ClassVar[frozenset[str]] = frozenset({"num_epochs", "max_steps"})
     """Fields that may grow on resume when the learning-rate schedule does not depend on them (`constant`)."""

@@ -11,6 +11,7 @@ from typing import ClassVar, Literal, Optional
 from pydantic import Field, model_validator
 
 from tether.config.base import DataSource, OutputDir, StepRun
+from tether.config.monitor import ReportTo, report_to_field
 
 
 class SFTConfig(StepRun):
@@ -81,6 +82,7 @@ class SFTConfig(StepRun):
     """Evaluate every this many optimizer steps; null: only at the end."""
     eval_batch_size: int = Field(8, ge=1)
     """Sequences per forward when computing the evaluation loss."""
+    report_to: ReportTo = report_to_field()
 
     SECTIONS: ClassVar[tuple[tuple[str, str], ...]] = (
         ("model and data", "model"), ("what is learned", "completion_only_loss"), ("optimisation", "num_epochs"),
@@ -88,7 +90,7 @@ class SFTConfig(StepRun):
     """`--help` groups: (title, first field); each group runs to the next one's first field."""
     RESUME_SAFE: ClassVar[frozenset[str]] = frozenset({
         "output_dir", "resume", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips", "log_every",
-        "eval_every", "eval_batch_size"})
+        "eval_every", "eval_batch_size", "report_to"})
     """Fields a resumed run may change: they move outputs, checkpoints or logs, never the trained weights."""
     RUN_LENGTH: ClassVar[frozenset[str]] = frozenset({"num_epochs", "max_steps"})
     """Fields that may grow on resume when the learning-rate schedule does not depend on them (`constant`)."""

@@ -30,6 +30,7 @@ from typing import Any, Optional, Protocol
 import torch
 from torch import nn
 
+from tether.console import quiet_libraries
 from tether.engine.checkpoint import kill_point, rng_state, set_rng_state, step_of
 from tether.engine.outputs import MetricsWriter
 from tether.engine.preemption import StopRequest
@@ -49,7 +50,7 @@ class Monitor(Protocol):
     """What the loop tells the monitor (``tether.monitor.logger.RunLogger``); it only watches."""
 
     def on_update(self, metrics: Mapping[str, Any], samples: Any = None, completions: Any = None) -> Any: ...
-    def resume(self, records: Sequence[Mapping[str, Any]]) -> None: ...
+    def resume(self, records: Sequence[Mapping[str, Any]], *, fresh: bool) -> None: ...
     def close(self, report: Optional[bool] = None) -> Any: ...
 
 
@@ -207,9 +208,10 @@ class RunLoop:
     def watch(self, monitor: Monitor, heldout: Optional[HeldOut] = None,
               save_best: Optional[Callable[[], Any]] = None) -> None:
         """Attach the monitor and the held-out evaluation with its best save, both given the run's earlier records
-        (so trend alarms and the best result carry on across a resume)."""
+        (so trend alarms and the best result carry on across a resume) and whether the run starts from nothing (so
+        trackers continue their earlier runs only on a resume)."""
         self.monitor, self.heldout, self.save_best = monitor, heldout, save_best
-        monitor.resume(self.history)
+        monitor.resume(self.history, fresh=self.fresh)
         for record in self.history if heldout is not None else ():
             heldout.is_best(record)
 
@@ -266,15 +268,17 @@ class RunLoop:
             ) -> None:
         """Call ``step`` until ``total`` steps are done, checkpointing every ``checkpoint_every`` steps and when a
         stop was asked (then ``Preempted``), and once more at the end unless the run resumed from that step. A
-        monitor attached is closed (with the report only on success)."""
+        monitor attached is closed (with the report only on success). Libraries are quiet while it runs
+        (``tether.console.quiet_libraries``); ``bar`` is a ``tether.console.progress``."""
         try:
-            with StopRequest() as stop:
-                bar.update(self.step)
+            with StopRequest() as stop, quiet_libraries():
+                bar.n = bar.initial = self.step  # a resumed run's progress (rate, ETA) starts where it stopped
+                bar.refresh()
                 while self.step < self.total:
                     step()
-                    bar.update(1)
                     if postfix is not None:
-                        bar.set_postfix(**postfix())
+                        bar.set_postfix(postfix(), refresh=False)
+                    bar.update(1)
                     kill_point(f"after-{self.unit}:{self.step}")
                     due = self.checkpoint_every and self.step % self.checkpoint_every == 0
                     if self.step < self.total and (due or stop.requested):

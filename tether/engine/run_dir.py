@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from tether.config.base import dump
+from tether.config.dpo import DPOConfig
 from tether.config.ppo import PPOConfig
 from tether.config.rm import RMConfig
 from tether.config.sft import SFTConfig
@@ -269,15 +270,21 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 MARKER = "tether_config.yaml"
+DPO_REF_FILE = "reference_logps.safetensors"
+"""DPO's precomputed reference log-probabilities in its output_dir: a run log, copied into each checkpoint."""
 
 
 def stage_run_dir(cfg: BaseModel, *, restart: bool = False) -> RunDir:
-    """The :class:`RunDir` of an SFT, RM or PPO config, with that stage's layout: SFT and RM save their model in
-    ``output_dir`` itself, PPO in ``output_dir/final``; PPO's checkpoints also carry ``samples.jsonl``."""
+    """The :class:`RunDir` of an SFT, RM, DPO or PPO config, with that stage's layout: SFT and RM save their model in
+    ``output_dir`` itself, DPO and PPO in ``output_dir/final``; PPO's checkpoints also carry ``samples.jsonl``, DPO's
+    its precomputed reference log-probabilities."""
     out = Path(cfg.output_dir)
     if isinstance(cfg, PPOConfig):
         return RunDir(out, cfg, stage="ppo", unit="update", marker=out / "final" / MARKER,
                       logs=("metrics.jsonl", "samples.jsonl"), restart=restart)
+    if isinstance(cfg, DPOConfig):
+        return RunDir(out, cfg, stage="dpo", unit="step", marker=out / "final" / MARKER,
+                      logs=("metrics.jsonl", DPO_REF_FILE), restart=restart)
     for cls, stage in ((SFTConfig, "sft"), (RMConfig, "rm")):
         if isinstance(cfg, cls):
             return RunDir(out, cfg, stage=stage, unit="step", marker=out / MARKER, restart=restart)

@@ -17,8 +17,9 @@ from typing import Any
 import yaml
 
 STAGES = {"sft": "supervised fine-tuning (SFT)", "rm": "reward-model training (Bradley–Terry)",
-          "ppo": "reinforcement learning from a reward (PPO family)"}
-TAGS = {"sft": ["sft"], "rm": ["reward-model"], "ppo": ["ppo", "rlhf"]}
+          "ppo": "reinforcement learning from a reward (PPO family)",
+          "dpo": "direct preference optimisation (DPO / IPO)"}
+TAGS = {"sft": ["sft"], "rm": ["reward-model"], "ppo": ["ppo", "rlhf"], "dpo": ["dpo"]}
 KEY_OPTIONS = {
     "sft": ("lr", "lr_schedule", "warmup_steps", "num_epochs", "max_steps", "batch_size", "grad_accum", "max_length",
             "completion_only_loss", "packing", "weight_decay", "max_grad_norm", "dtype", "seed"),
@@ -28,11 +29,15 @@ KEY_OPTIONS = {
             "num_ppo_epochs", "lr", "critic_lr", "response_length", "temperature", "clip_eps", "vf_coef", "kl_coef",
             "kl_controller", "kl_estimator", "kl_in", "gamma", "lam", "whiten_advantages", "loss_aggregation",
             "critic_mode", "seed"),
+    "dpo": ("loss_type", "beta", "label_smoothing", "precompute_ref_logprobs", "lr", "lr_schedule", "warmup_steps",
+            "num_epochs", "max_steps", "batch_size", "grad_accum", "max_length", "max_prompt_length", "dtype", "seed"),
 }
 FINAL_METRICS = {
     "sft": ("loss", "eval_loss", "step"),
     "rm": ("accuracy", "loss", "n"),
     "ppo": ("objective/score", "objective/kl", "objective/entropy", "eval/score", "update"),
+    "dpo": ("loss", "rewards/accuracy", "rewards/margin", "eval/loss", "eval/rewards/accuracy", "eval/rewards/margin",
+            "step"),
 }
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -74,8 +79,8 @@ def final_metrics(stage: str, metrics: Mapping[str, Any] | Sequence[Mapping[str,
 
 def model_card(stage: str, cfg: Any, metrics: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None, *,
                notes: Sequence[str] = ()) -> str:
-    """``README.md`` text for the output of ``stage`` (``"sft"``, ``"rm"`` or ``"ppo"``) trained with ``cfg`` (a
-    stage config or its dump). ``metrics``: the final numbers (a mapping) or the run's metric records; ``notes``:
+    """``README.md`` text for the output of ``stage`` (``"sft"``, ``"rm"``, ``"ppo"`` or ``"dpo"``) trained with
+    ``cfg`` (a stage config or its dump). ``metrics``: the final numbers (a mapping) or the run's metric records; ``notes``:
     extra lines (e.g. where a reward model's normalisation lives)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
@@ -96,7 +101,7 @@ def model_card(stage: str, cfg: Any, metrics: Mapping[str, Any] | Sequence[Mappi
     if base and _HUB_NAME.match(str(base)) and not Path(str(base)).exists():
         origin = f"[{base}](https://huggingface.co/{base})"
     lines += [f"This model is {origin} after tether's {STAGES[stage]} stage, trained on {_data_text(data)}.", ""]
-    where = str(_get(cfg, "output_dir") or name) + ("/final" if stage == "ppo" else "")
+    where = str(_get(cfg, "output_dir") or name) + ("/final" if stage in ("ppo", "dpo") else "")
     lines += ["## Quick start", "", "```python", *[ln.replace("PATH", where) for ln in _quick_start(stage)], "```", ""]
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
@@ -108,7 +113,7 @@ def model_card(stage: str, cfg: Any, metrics: Mapping[str, Any] | Sequence[Mappi
     lines += ["## Final metrics", ""]
     lines += ["| metric | value |", "| --- | --- |", *[f"| `{k}` | {_text(v)} |" for k, v in final.items()]] if final \
         else ["No metric was recorded."]
-    run = "the run directory above this one" if stage == "ppo" else "this directory"
+    run = "the run directory above this one" if stage in ("ppo", "dpo") else "this directory"
     lines += ["", "## Framework", "", f"Trained with tether (RLHF with PPO for Hugging Face causal LMs); {run} holds "
               "the run's `metrics.jsonl` and its HTML report (`report.html`, unless turned off).", ""]
     return "\n".join(lines)

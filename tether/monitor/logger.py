@@ -5,8 +5,9 @@ rows it wrote to ``samples.jsonl`` and the rollout's completions. The logger
 
 1. adds degeneration statistics of the completions (``text/*``, see :func:`tether.monitor.alarms.text_stats`),
    returned for the trainer to merge into its metrics before writing ``metrics.jsonl``;
-2. writes every numeric metric as a TensorBoard scalar (when ``tensorboard`` is installed, under ``<run>/tb``) and to
-   Weights & Biases when asked; sample rows go to TensorBoard as a markdown table;
+2. sends every numeric metric to the trackers of ``report_to`` (TensorBoard under ``<run>/tb``, W&B, MLflow, trackio:
+   :mod:`tether.monitor.trackers`, through accelerate's trackers); sample rows go to TensorBoard as a markdown table
+   and to W&B as a table;
 3. checks the alarms: new ones are printed as one ``tether: warning:`` line each and appended to ``alarms.jsonl``;
    a fatal configuration raises :class:`tether.monitor.alarms.AlarmError`.
 
@@ -27,10 +28,10 @@ from typing import Any, Optional
 
 from tether.config.monitor import AlarmConfig, MonitorConfig
 from tether.console import warn
-from tether.errors import ConfigError
 from tether.monitor.alarms import Alarm, AlarmChecker, AlarmError, check_all, text_stats
 from tether.monitor.report import write_report
 from tether.monitor.run_files import library_versions, write_bytes_atomic, write_text_atomic
+from tether.monitor.trackers import STATE_FILE, Trackers, stage_monitor, tracker_names
 
 
 @dataclass
@@ -83,53 +84,30 @@ class RunLogger:
         self.checker = AlarmChecker(self.cfg.alarms.model_copy(update={"fatal": False}), critic_warmup_updates,
                                     autocast)
         self.calls = 0
-        self.tb = None
-        self.wandb = None
         self.closed = False
         self.last: dict[str, Any] = {}
         self.started = False
+        self.fresh = True
         self._run_config = run_config
-        if self.cfg.wandb:  # fail on a missing package now, before any training
-            self._wandb_module()
+        self.names = tracker_names(self.cfg, "monitor.report_to" if stage == "ppo" else "report_to")  # missing: now
+        self.trackers: Optional[Trackers] = None
 
     def _start(self, first_step: Optional[int] = None) -> None:
-        """Open the sinks and write ``run_info.json`` at the first logged step (``first_step``), so that a run
-        failing before it leaves nothing behind."""
+        """Open the trackers and write ``run_info.json`` at the first logged step (``first_step``), so that a run
+        failing before it leaves nothing behind. Multi-process runs: this is the one place to keep the trackers to
+        the main process."""
         if self.started:
             return
         self.started = True
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.cfg.wandb:
-            self.wandb = self._start_wandb(self._run_config)
-        if self.cfg.tensorboard:
-            self.tb = self._start_tensorboard(first_step)
+        config = _plain_config(self._run_config) or {}
+        if self.names:
+            self.trackers = Trackers(self.run_dir, self.names, fresh=self.fresh, wandb_project=self.cfg.wandb_project)
+            self.trackers.start(first_step, config)
         info = {"stage": self.stage, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "versions": library_versions(), "command": " ".join(sys.argv),
                 "config": _plain_config(self._run_config), "monitor": self.cfg.model_dump(mode="json")}
         write_text_atomic(self.run_dir / "run_info.json", json.dumps(info, indent=1, default=str) + "\n")
-
-    # ----------------------------------------------------------------------------------------- sinks
-    def _start_tensorboard(self, first_step: Optional[int]):
-        """A writer whose first event tells TensorBoard to drop what an interrupted earlier process logged at
-        ``first_step`` or later: a resumed run then shows one clean curve, not the re-run updates twice."""
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard not installed: metrics.jsonl and the report still have everything
-            return None
-        return SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=first_step)
-
-    @staticmethod
-    def _wandb_module():
-        try:
-            import wandb
-        except ImportError:
-            raise ConfigError("monitor.wandb: the wandb package is not installed (pip install wandb), "
-                              "or set monitor.wandb=false") from None
-        return wandb
-
-    def _start_wandb(self, run_config: Any):
-        return self._wandb_module().init(project=self.cfg.wandb_project, dir=str(self.run_dir), name=self.run_dir.name,
-                          config=_plain_config(run_config) or {})
 
     # ----------------------------------------------------------------------------------------- per update
     def on_update(self, metrics: Mapping[str, Any], samples: Optional[Sequence[Mapping[str, Any]]] = None,
@@ -154,20 +132,8 @@ class RunLogger:
         scalars = {k: float(v) for k, v in record.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                    and k != self.step_key}
-        if self.tb is not None:
-            for k, v in scalars.items():
-                self.tb.add_scalar(k, v, step)
-            if samples:
-                self.tb.add_text("samples", sample_table_markdown(samples), step)
-            self.tb.flush()
-        if self.wandb is not None:
-            payload: dict[str, Any] = dict(scalars)
-            if samples:
-                import wandb
-
-                cols = list(samples[0])
-                payload["samples"] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in samples])
-            self.wandb.log(payload, step=step)
+        if self.trackers is not None:
+            self.trackers.log(scalars, step, samples, sample_table_markdown(samples) if samples else "")
         alarms = self.checker.check(record)
         new = list(self.checker.new)
         if new:
@@ -177,17 +143,19 @@ class RunLogger:
             if not self.quiet:
                 for a in new:
                     warn(a.message)
-            if self.tb is not None:
-                self.tb.add_text("alarms", "\n\n".join(a.message for a in new), step)
+            if self.trackers is not None:
+                self.trackers.text("alarms", "\n\n".join(a.message for a in new), step)
         if alarms and self.cfg.alarms.fatal:
             self.close(report=True)
             raise AlarmError(f"stopped by an alarm (monitor.alarms.fatal=true): {alarms[0].message}")
         numeric_extra = {k: v for k, v in extra.items() if isinstance(v, (int, float))}
         return UpdateResult(numeric_extra, alarms, new)
 
-    def resume(self, records: Sequence[Mapping[str, Any]]) -> None:
+    def resume(self, records: Sequence[Mapping[str, Any]], *, fresh: Optional[bool] = None) -> None:
         """After a resume: take the run's earlier ``metrics.jsonl`` records into the alarm history without logging
-        them again, so trend alarms carry on where they were."""
+        them again, so trend alarms carry on where they were. ``fresh``: the run starts from nothing (default: when
+        there are no records); otherwise the trackers continue their earlier runs."""
+        self.fresh = not records if fresh is None else fresh
         for r in records:
             self.checker.observe(r)
             self.calls += 1
@@ -219,10 +187,8 @@ class RunLogger:
         if not self.started and not report:  # nothing was logged: leave the run directory as it was
             return None
         self._start()
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
+        if self.trackers is not None:
+            self.trackers.finish()
         if not (self.cfg.report if report is None else report):
             return None
         try:
@@ -254,13 +220,13 @@ __all__ = ["AlarmConfig", "MonitorConfig", "RunLogger", "UpdateResult", "library
            "write_bytes_atomic", "write_text_atomic"]
 
 
-STAGE_LOG_FILES = ("tb", "run_info.json", "alarms.jsonl")
+STAGE_LOG_FILES = ("tb", "run_info.json", "alarms.jsonl", STATE_FILE, "wandb")
 """What a :class:`RunLogger` writes into a run directory before the model is saved there; ``save_model_atomic``
 must keep these when it swaps the model directory in."""
 
 
 def stage_logger(run_dir: str | Path, run_config: Any, stage: str) -> RunLogger:
-    """The logger of an SFT or reward-model run: TensorBoard scalars and ``run_info.json`` as the steps are logged,
-    the report at :meth:`RunLogger.close`; no PPO alarms (they read PPO metrics), steps counted by ``step``."""
-    return RunLogger(run_dir, MonitorConfig(alarms=AlarmConfig(enabled=False)), run_config=run_config, stage=stage,
-                     step_key="step", quiet=True)
+    """The logger of an SFT or reward-model run: its ``report_to`` trackers and ``run_info.json`` as the steps are
+    logged, the report at :meth:`RunLogger.close`; no PPO alarms (they read PPO metrics), steps counted by ``step``."""
+    return RunLogger(run_dir, stage_monitor(run_config), run_config=run_config, stage=stage, step_key="step",
+                     quiet=True)
