@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
      "tether.algos.parts", "tether.algos.ppo"),
     ("tether.doctor",),                                                       # 6 pre-flight checks
     ("tether.monitor.hooks", "tether.algos"),                                 # 7 the trainers
-    ("tether.eval", "tether.pipeline", "tether.demo"),                        # 8 whole workflows
+    ("tether.eval", "tether.pipeline", "tether.demo", "tether.compare"),      # 8 whole workflows
     ("tether.cli", "tether.__main__", "tether"),                              # 9 the command line, the package
 ]
 

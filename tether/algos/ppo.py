@@ -422,6 +422,9 @@ def report(state: PPOState, s: Scored, train: dict[str, float], u: int, lrs: dic
         "objective/entropy": float(ops.sequence_sum(-rollout.logprobs, mask).mean()),
         "response/length_mean": float(mask.sum(1).float().mean()),
         "response/eos_fraction": float(rollout.has_eos.float().mean()),
+        # tokens the sampler produced: every row runs to response_length without stop_at_eos, else to the longest
+        "rollout/sampled_tokens": float(mask.shape[0] * (int(mask.sum(1).max()) if cfg.stop_at_eos
+                                                         else cfg.response_length)),
         "rollout/logprob_mismatch_max": float((s.gen_logprobs - rollout.logprobs).abs().masked_fill(~mask, 0).max()),
         "time/rollout_s": t_roll,
         "time/score_s": t_score,

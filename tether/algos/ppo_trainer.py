@@ -72,7 +72,8 @@ class PPOTrainer:
                             checkpoint_every=cfg.checkpoint_every,
                             keep_checkpoints=cfg.keep_checkpoints, max_consecutive_skips=cfg.max_consecutive_skips,
                             skip_noun="update",
-                            skip_phrase="without an optimizer step (last cause: {reason})", samples_log="samples.jsonl")
+                            skip_phrase="without an optimizer step (last cause: {reason})", samples_log="samples.jsonl",
+                            time_limit_s=cfg.time_limit_s)
         # 0. watch: pre-flight checks (tether doctor's fast subset), then logs, held-out evaluation, alarms
         self.monitor: Optional[RunLogger] = None
         if not self.run.finished:
@@ -143,7 +144,7 @@ class PPOTrainer:
                  **{k: float(v[i]) for k, v in parts.items()}} for i in range(min(n, len(ro.prompts)))]
 
     def train(self) -> list[dict[str, float]]:
-        """Run the remaining updates up to ``num_updates`` with checkpoints every ``checkpoint_every`` and at the end,
+        """Run the remaining updates up to ``num_updates`` (or until ``time_limit_s``) with checkpoints every ``checkpoint_every`` and at the end,
         then save the final model. Returns the metrics of every update (also those before a resume).
 
         SIGTERM/Ctrl-C: the current update finishes, a checkpoint is written and ``Preempted`` is raised; a second
@@ -152,11 +153,14 @@ class PPOTrainer:
         """
         cfg = self.cfg
         if self.run.finished:
-            note(f"{self.output_dir / 'final'} holds the finished run ({cfg.num_updates} updates); nothing to do")
+            note(f"{self.output_dir / 'final'} holds the finished run ({len(self.history)} updates); nothing to do")
             return self.history
         bar = progress(total=cfg.num_updates, desc="ppo", enabled=cfg.progress, unit="update",
                        every=self.monitor.cfg.log_every)
         self.loop.run(self.step, bar, postfix=self.monitor.postfix)
+        if self.loop.step < cfg.num_updates:
+            note(f"time_limit_s={cfg.time_limit_s:g} reached after update {self.loop.step} of {cfg.num_updates}; "
+                 f"saving {self.output_dir / 'final'}")
         try:
             self.save(self.output_dir / "final")
         except BaseException:

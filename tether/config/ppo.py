@@ -81,6 +81,12 @@ class PPOConfig(Section):
     # --- run length and batch sizes ---------------------------------------------------------------
     num_updates: int = Field(20, ge=1)
     """Number of PPO updates (each: one rollout, then `num_ppo_epochs` passes over it)."""
+    time_limit_s: Optional[float] = Field(None, gt=0)
+    """Wall-time budget (seconds of training, held-out evaluations included, across resumes): the run stops after
+    the update during which it is reached (a fresh run takes at least one; that update is evaluated when held-out
+    evaluation is on) and saves `final/` as at a normal end; num_updates stays the upper bound. null: no limit. With
+    a `linear`/`cosine` schedule the learning rate still anneals over num_updates (`tether compare` uses `constant`
+    for this)."""
     rollout_batch_size: int = Field(16, ge=1)
     """Prompts per update."""
     samples_per_prompt: int = Field(1, ge=1)
@@ -236,7 +242,7 @@ class PPOConfig(Section):
         "output_dir", "resume", "progress", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips",
         "sample_every", "num_samples_logged", "monitor"})
     """Fields a resumed run may change: they move outputs or logs, never the trained weights."""
-    RUN_LENGTH: ClassVar[frozenset[str]] = frozenset({"num_updates"})
+    RUN_LENGTH: ClassVar[frozenset[str]] = frozenset({"num_updates", "time_limit_s"})
     """Fields that may grow on resume when the learning-rate schedule does not depend on them (`constant`)."""
 
     SECTIONS: ClassVar[tuple[tuple[str, str], ...]] = (
