@@ -11,14 +11,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
 from tether import ops
-from tether.algos.batching import BatchPlan, prompt_indices
+from tether.algos.batching import BatchPlan, prompt_indices, prompt_stream
 from tether.engine.optim import derive_seed
 from tether.config.ppo import PPOConfig
 from tether.console import note
@@ -29,8 +29,9 @@ from tether.models.forward import causal_lm_logits, causal_lm_logits_and_hidden
 from tether.plan.oom import retry_on_oom
 from tether.records import Experience, Rollout
 from tether.rewards.base import combine_scores
-from tether.rollout.generate import encode_prompts, generate
-from tether.rollout.sampler import row_seed
+from tether.rollout.generate import encode_prompts, generate, response_logprobs
+from tether.rollout.rows import concat_rollouts, select_rows
+from tether.rollout.sampler import rollout_seeds
 from tether.rollout.score import critic_values, reference_logprobs, rollout_values
 
 
@@ -56,6 +57,8 @@ class PPOState:
     """The micro-batch size in use: ``cfg.micro_batch_size``, or the planner's choice with ``auto``; an
     out-of-memory retry lowers it (``plan.micro_batch_size`` follows)."""
     plan: BatchPlan = field(init=False)
+    cursor: "PromptCursor" = field(default_factory=lambda: PromptCursor())
+    """Prompts consumed so far (dynamic sampling only; checkpointed with the run)."""
 
     def __post_init__(self) -> None:
         if self.micro_batch is None:
@@ -94,6 +97,20 @@ class PPOState:
 
 
 @dataclass
+class PromptCursor:
+    """Positions of the seeded prompt order consumed so far. Dynamic sampling consumes a variable number of prompts
+    per update, so the position is checkpointed with the run (``state_dict``); without it, update u starts at u·B."""
+
+    position: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = int(state["position"])
+
+
+@dataclass
 class Scored:
     """Steps 1–4 of one update: the experience, and what the report reads besides it."""
 
@@ -105,27 +122,44 @@ class Scored:
     kl: Tensor  # (B, R) per-token KL estimate, 0 at pads
     skip: Optional[str]  # why nothing can be learned from this rollout (a non-finite score), else None
     seconds: tuple[float, float]  # (rollout, scoring) wall time
+    extra: dict[str, float] = field(default_factory=dict)  # dynamic sampling's and the overlong penalty's metrics
 
 
-def collect(state: PPOState, u: int) -> Scored:
-    """Steps 1–4 of update ``u`` (0-based): sample, score, shape the rewards, estimate advantages."""
+@dataclass
+class Round:
+    """One round of sampling and scoring: the prompts, their rollout, and the scores after every penalty."""
+
+    idx: list[int]  # prompt indices (G rows each)
+    rollout: Rollout
+    gen_logprobs: Tensor  # (B, R)
+    scores: Tensor  # (B,)
+    parts: dict[str, Tensor]
+    skip: Optional[str]
+    seconds: float  # sampling wall time
+
+    def select(self, groups: Tensor, group_size: int) -> "Round":
+        """The groups where ``groups`` (G,) bool is True."""
+        rows = (groups.repeat_interleave(group_size)).nonzero().squeeze(1)
+        return Round([i for i, k in zip(self.idx, groups.tolist()) if k], select_rows(self.rollout, rows),
+                     self.gen_logprobs[rows], self.scores[rows], {k: v[rows] for k, v in self.parts.items()},
+                     self.skip, self.seconds)
+
+
+def sample_round(state: PPOState, u: int, idx: list[int], seen: dict[int, int]) -> Round:
+    """Steps 1 and the scores of step 2 for the prompts ``idx`` of update ``u``: sample G completions of each, score
+    them, apply the missing-EOS and overlong penalties and the clip. ``seen``: the occurrences of each prompt so far
+    in this update (:func:`tether.rollout.sampler.rollout_seeds`)."""
     cfg, t0 = state.cfg, time.perf_counter()
-    # 1. rollout: sample completions from the tempered policy; old log-probs from the training forward
-    idx = prompt_indices(u, cfg.rollout_batch_size, len(state.prompts), cfg.seed)
     texts = [state.prompts[i] for i in idx for _ in range(cfg.samples_per_prompt)]
     batch = encode_prompts(state.tokenizer, texts, texts, cfg.max_prompt_length, cfg.prompt_truncation)
     # one generator per row, from (seed, update, prompt index, sample index): the draws never depend on the batch
-    seeds = [row_seed(cfg.seed, u, i, k) for i in idx for k in range(cfg.samples_per_prompt)]
+    seeds = rollout_seeds(cfg.seed, u, idx, cfg.samples_per_prompt, seen)
     with state.autocast():
         rollout, gen_logprobs = generate(
             state.policy, state.tokenizer, batch, response_length=cfg.response_length, temperature=cfg.temperature,
             stop_at_eos=cfg.stop_at_eos, micro_batch_size=state.plan.micro_batch_size, seeds=seeds,
         )
-    mask = rollout.response_mask
     t_gen = time.perf_counter()
-    # 2. score: reference log-probs, rewards, critic values (no grad)
-    with state.autocast():
-        ref_logprobs = reference_logprobs(state.reference, rollout, cfg.temperature, state.plan.micro_batch_size)
     scores, parts = combine_scores(state.rewards, rollout.prompts, rollout.completions, rollout, nonfinite="keep")
     skip = nonfinite_scores(scores, parts)  # NaN/Inf guard: nothing can be learned from this rollout
     if skip is not None:
@@ -133,8 +167,81 @@ def collect(state: PPOState, u: int) -> Scored:
         scores = torch.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
     if cfg.missing_eos_penalty is not None:
         scores = ops.apply_missing_eos_penalty(scores, rollout.has_eos, cfg.missing_eos_penalty, cfg.missing_eos_mode)
+    if cfg.overlong_buffer is not None:
+        overlong = ops.overlong_penalty(rollout.response_mask.sum(1), cfg.response_length, cfg.overlong_buffer,
+                                        cfg.overlong_penalty)
+        parts = {**parts, OVERLONG: overlong}
+        scores = scores + overlong
     if cfg.score_clip is not None:
         scores = ops.clip_scores(scores, cfg.score_clip)
+    return Round(list(idx), rollout, gen_logprobs, scores, parts, skip, t_gen - t0)
+
+
+OVERLONG = "overlong"
+"""The key of the overlong penalty among a round's score parts (logged as ``objective/overlong_penalty``)."""
+
+
+def dynamic_rounds(state: PPOState, u: int, first: Round, start: int, seen: dict[int, int]) -> tuple[Round, dict]:
+    """DAPO's dynamic sampling from the first round of update ``u`` (its prompts read from position ``start`` of
+    the prompt order): drop the groups whose scores are all equal, sample the next prompts in their place for up to
+    ``max_refill_rounds`` rounds, and join what has signal (or the first round whole, when nothing has). Returns the
+    joined round and its metrics (``rollout/prompts_consumed`` moves the prompt cursor)."""
+    cfg, batch, g = state.cfg, state.cfg.rollout_batch_size, state.cfg.samples_per_prompt
+    kept, consumed, dropped, refill, rounds = [], len(first.idx), 0, 0, 0
+    r, seconds = first, first.seconds
+    while True:
+        if r.skip is not None:  # a non-finite score: the update is skipped, on this round as it is
+            return r, {"rollout/prompts_consumed": consumed}
+        signal = ops.groups_with_signal(r.scores, g)
+        dropped += int((~signal).sum())
+        if bool(signal.any()):
+            kept.append(r.select(signal, g))
+        have = sum(len(k.idx) for k in kept)
+        if have >= batch or rounds >= cfg.max_refill_rounds:
+            break
+        need = batch - have
+        idx = prompt_stream(start + consumed, need, len(state.prompts), cfg.seed)
+        consumed, refill, rounds = consumed + need, refill + need, rounds + 1
+        r = sample_round(state, u, idx, seen)
+        seconds += r.seconds
+    metrics = {"rollout/prompts_consumed": consumed, "rollout/dropped_groups": dropped,
+               "rollout/refill_groups": refill, "rollout/refill_rounds": rounds,
+               "rollout/groups_trained": sum(len(k.idx) for k in kept)}
+    if not kept:  # nothing has signal: the first round as it is (zero advantages, as without dynamic sampling)
+        return replace(first, seconds=seconds), metrics
+    if len(kept) == 1:
+        return replace(kept[0], seconds=seconds), metrics
+    rollout = concat_rollouts([k.rollout for k in kept], state.tokenizer.pad_token_id)
+    with torch.no_grad(), state.autocast():  # old log-probs from the joined batch's forward: ratio 1 at step one
+        logprobs = response_logprobs(state.policy, rollout.query_response, rollout.attention_mask,
+                                     rollout.query_length, cfg.temperature, state.plan.micro_batch_size)
+    rollout = replace(rollout, logprobs=torch.where(rollout.response_mask, logprobs, 0.0))
+    joined = Round([i for k in kept for i in k.idx], rollout, torch.cat([k.gen_logprobs for k in kept]),
+                   torch.cat([k.scores for k in kept]),
+                   {name: torch.cat([k.parts[name] for k in kept]) for name in kept[0].parts}, None, seconds)
+    return joined, metrics
+
+
+def collect(state: PPOState, u: int) -> Scored:
+    """Steps 1–4 of update ``u`` (0-based): sample, score, shape the rewards, estimate advantages."""
+    cfg, t0 = state.cfg, time.perf_counter()
+    # 1. rollout: sample completions from the tempered policy; old log-probs from the training forward
+    start = state.cursor.position  # dynamic sampling reads on from its cursor; else update u reads u·B … u·B + B − 1
+    idx = (prompt_stream(start, cfg.rollout_batch_size, len(state.prompts), cfg.seed) if cfg.dynamic_sampling
+           else prompt_indices(u, cfg.rollout_batch_size, len(state.prompts), cfg.seed))
+    seen: dict[int, int] = {}
+    r = sample_round(state, u, idx, seen)
+    extra: dict[str, float] = {}
+    if cfg.dynamic_sampling:  # drop the groups without signal, refill from the next prompts
+        r, extra = dynamic_rounds(state, u, r, start, seen)
+    rollout, gen_logprobs, scores, parts, skip = r.rollout, r.gen_logprobs, r.scores, r.parts, r.skip
+    if OVERLONG in parts:
+        extra["objective/overlong_penalty"] = float(parts.pop(OVERLONG).mean())
+    mask = rollout.response_mask
+    t_gen = t0 + r.seconds
+    # 2. score: reference log-probs, critic values (no grad); the rewards were scored with each round
+    with state.autocast():
+        ref_logprobs = reference_logprobs(state.reference, rollout, cfg.temperature, state.plan.micro_batch_size)
     critic_mask = ops.critic_mask(mask, cfg.score_placement)
     values = None
     if state.critic is not None:
@@ -159,7 +266,8 @@ def collect(state: PPOState, u: int) -> Scored:
         critic_mask=critic_mask, logprobs=rollout.logprobs, ref_logprobs=ref_logprobs, values=values,
         rewards=rewards, advantages=advantages, returns=returns,
     )
-    return Scored(exp, rollout, gen_logprobs, scores, parts, kl, skip, (t_gen - t0, time.perf_counter() - t_gen))
+    return Scored(exp, rollout, gen_logprobs, scores, parts, kl, skip, (t_gen - t0, time.perf_counter() - t_gen),
+                  extra)
 
 
 class UpdateStats:
@@ -262,7 +370,7 @@ def optimise(state: PPOState, exp: Experience, q: int, u: int) -> UpdateStats:
     epoch = 0
     for epoch in range(cfg.num_ppo_epochs):
         stop = False
-        for mb_number, mb_idx in enumerate(state.plan.minibatches(g)):
+        for mb_number, mb_idx in enumerate(state.plan.minibatches(g, exp.batch_size)):
             mb = exp.select(mb_idx)
             counts = dict(num_tokens=float(mb.response_mask.sum()), num_seqs=float(len(mb_idx)),
                           max_len=float(mb.response_mask.shape[1]))
@@ -361,6 +469,7 @@ def report(state: PPOState, s: Scored, train: dict[str, float], u: int, lrs: dic
         **({"lr/critic": lrs["critic"]} if "critic" in lrs else {}),
         **train,
     }
+    metrics.update(s.extra)
     metrics["train/skipped_update"] = float(s.skip is not None)
     if s.skip is not None:  # the zeros that stood in for NaN/Inf are not the rollout's score
         metrics["objective/score"] = metrics["objective/rlhf_reward"] = float("nan")
@@ -388,6 +497,7 @@ def ppo_update(state: PPOState, u: int) -> UpdateResult:
     trains: the critic warm-up spends neither its schedule nor an adaptive β)."""
     cfg, t0 = state.cfg, time.perf_counter()
     s = collect(state, u)  # 1–4
+    state.cursor.position += int(s.extra.get("rollout/prompts_consumed", 0))
     train = optimise(state, s.exp, s.rollout.query_length, u) if s.skip is None else skipped_update(cfg, s.skip)  # 5
     policy_trains = u >= cfg.critic_warmup_updates
     lrs = {k: o.param_groups[0]["lr"] for k, o in state.optimizers.items()}  # the rates this update used

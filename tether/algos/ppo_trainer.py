@@ -74,7 +74,9 @@ class PPOTrainer:
         self._build_optimizers()
         self.loop = RunLoop(self.run, total=cfg.num_updates, models=self.state.models(),
                             optimizers=self.state.optimizers, schedulers=self.state.schedulers,
-                            stateful={"kl_ctl": kl_ctl}, checkpoint_every=cfg.checkpoint_every,
+                            stateful={"kl_ctl": kl_ctl,
+                                      **({"prompt_cursor": self.state.cursor} if cfg.dynamic_sampling else {})},
+                            checkpoint_every=cfg.checkpoint_every,
                             keep_checkpoints=cfg.keep_checkpoints, max_consecutive_skips=cfg.max_consecutive_skips,
                             skip_noun="update",
                             skip_phrase="without an optimizer step (last cause: {reason})", samples_log="samples.jsonl",

@@ -176,6 +176,15 @@ class PPOConfig(Section):
     """ε of GRPO's advantage (R − mean)/(std + ε) within a group. With the default, two returns 1e-5 apart get
     advantages of about ±0.6; set it near the score differences you consider ties (e.g. 0.01–0.1 for scores of
     order 1) to damp near-ties. Only `advantage: grpo` reads it."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling, for the group estimators (grpo, dr_grpo, rloo, reinforce_pp_baseline): after scoring,
+    drop every group whose scores are all equal (zero advantage, no signal) and sample the next prompts of the seeded
+    prompt order in their place, until the batch holds rollout_batch_size groups with signal or max_refill_rounds
+    refills are spent; then train on the groups there are (`rollout/groups_trained`). Each update therefore consumes
+    a variable number of prompts (`rollout/prompts_consumed`); the prompt cursor is saved with each checkpoint."""
+    max_refill_rounds: int = Field(3, ge=0)
+    """With dynamic_sampling: the most refill rounds per update (each samples as many new prompts as groups are
+    missing); 0 only drops the groups without signal."""
     loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"] = (
         "token_mean"
     )
@@ -206,6 +215,13 @@ class PPOConfig(Section):
     """Penalty for completions without EOS; null disables."""
     missing_eos_mode: Literal["subtract", "replace"] = "subtract"
     """`subtract` the penalty from the score (TRL) or `replace` the score by −penalty (N+)."""
+    overlong_buffer: Optional[int] = Field(None, ge=1)
+    """DAPO's soft overlong punishment: the last this many tokens of response_length (L_cache) are a buffer in which
+    the score falls linearly, from 0 at response_length − overlong_buffer tokens to −overlong_penalty at
+    response_length (`ops.overlong_penalty`; logged as `objective/overlong_penalty`). Applied after the missing-EOS
+    penalty, before score_clip. null disables."""
+    overlong_penalty: float = Field(1.0, gt=0)
+    """The overlong punishment at full length (DAPO: 1). Only read with overlong_buffer set."""
     score_clip: Optional[float] = Field(None, gt=0)
     """Clip combined scores to ±this; null disables."""
     whiten_rewards: bool = False
@@ -318,6 +334,13 @@ class PPOConfig(Section):
         if self.kl_in == "loss" and self.kl_estimator == "k1":
             raise ValueError("kl_in=loss with kl_estimator=k1: the k1 loss has zero expected gradient (E_π[∇ log π] = "
                              "0); set kl_estimator=k3 (GRPO) or k2 (the gradient of the KL)")
+        if self.overlong_buffer is not None and self.overlong_buffer > self.response_length:
+            raise ValueError(f"overlong_buffer={self.overlong_buffer} must be <= response_length="
+                             f"{self.response_length}")
+        if self.dynamic_sampling and self.advantage not in GROUP:
+            raise ValueError(f"dynamic_sampling: needs a group estimator ({', '.join(sorted(GROUP))}); advantage="
+                             f"{self.advantage} " + ("learns from a critic, so a group of equal scores still has "
+                                                     "advantages" if self.uses_critic else "has no group baseline"))
         if self.whiten_rewards and not self.uses_critic:
             raise ValueError(f"whiten_rewards: only with advantage=gae; advantage={self.advantage} normalises its own "
                              "returns, and whitening the per-token rewards first mixes scales")
