@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tether"
 
 LAYERS: list[tuple[str, ...]] = [
     ("tether.errors", "tether.console", "tether.records", "tether.hub"),     # 0 base: errors, messages, records, hub cache
-    ("tether.ops", "tether.config", "tether.assets"),                         # 1 pure math, typed config, assets
+    ("tether.ops", "tether.config", "tether.assets", "tether.plan"),          # 1 pure math, config, assets, planner
     ("tether.engine", "tether.data", "tether.models"),                        # 2 run-keeping, data, models
     ("tether.rollout", "tether.rewards", "tether.eval.judges"),               # 3 sampling and scoring
     ("tether.eval.heldout", "tether.eval.stats", "tether.monitor"),           # 4 evaluation pieces, the monitor
@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
      "tether.algos.parts", "tether.algos.ppo"),
     ("tether.doctor",),                                                       # 6 pre-flight checks
     ("tether.monitor.hooks", "tether.algos"),                                 # 7 the trainers
-    ("tether.eval", "tether.pipeline", "tether.demo"),                        # 8 whole workflows
+    ("tether.eval", "tether.pipeline", "tether.demo", "tether.compare"),      # 8 whole workflows
     ("tether.cli", "tether.__main__", "tether"),                              # 9 the command line, the package
 ]
 

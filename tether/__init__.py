@@ -21,6 +21,8 @@ _EXPORTS = {
     "DPOConfig": "tether.config.dpo",
     "train_dpo": "tether.algos.dpo",
     "RewardSource": "tether.rewards.base",
+    "CompareConfig": "tether.config.compare",
+    "run_compare": "tether.compare",
 }
 
 __all__ = sorted(_EXPORTS)

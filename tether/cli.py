@@ -40,6 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _config_classes() -> dict[str, tuple[type, str]]:
+    from tether.config.compare import CompareConfig
     from tether.config.dpo import DPOConfig
     from tether.config.pipeline import DemoConfig, PipelineConfig
     from tether.config.ppo import PPOConfig
@@ -55,6 +56,7 @@ def _config_classes() -> dict[str, tuple[type, str]]:
         "pipeline": (PipelineConfig, "SFT → reward model → PPO (or SFT → DPO), each stage's output feeding the next"),
         "eval": (EvalConfig, "compare policies: judges, reward model, KL to the reference, perplexity"),
         "demo": (DemoConfig, "the offline sentiment demo (SmolLM2 + MiniLM RM + PPO, then evaluation)"),
+        "compare": (CompareConfig, "several methods × seeds at a matched budget on one task, one report"),
         "doctor": (PPOConfig, "pre-flight checks of a PPO set-up (same options as ppo): a pass/fail table with fixes"),
     }
 
@@ -119,6 +121,13 @@ def _run_demo(cfg) -> int:
     return 0
 
 
+def _run_compare(cfg) -> int:
+    from tether.compare import run_compare
+
+    run_compare(cfg)
+    return 0
+
+
 def _run_doctor(cfg) -> int:
     from tether.doctor import format_results, run_checks
 
@@ -139,7 +148,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
 RUNNERS: dict[str, Callable[[Any], int]] = {
     "sft": _run_sft, "rm": _run_rm, "dpo": _run_dpo, "ppo": _run_ppo, "pipeline": _run_pipeline, "eval": _run_eval,
-    "demo": _run_demo, "doctor": _run_doctor,
+    "demo": _run_demo, "doctor": _run_doctor, "compare": _run_compare,
 }
 
 
@@ -175,7 +184,7 @@ def command_flags(name: str) -> dict[str, bool]:
     """The flags of a config command itself (not config options), each with whether it takes a value; every other
     ``--name`` on its command line is a config option (``tether.config.flags``)."""
     flags = {"-h": False, "--help": False, "--config": True, "--debug": False}
-    if name == "demo":
+    if name in ("demo", "compare"):
         flags["--quick"] = False
     if name in RESUMABLE:
         flags.update({"--resume": True, "--no-resume": False})
@@ -234,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
         if name == "demo":
             p.add_argument("--quick", action="store_true", help="smoke-size run of a few minutes (quick=true)")
+        if name == "compare":
+            p.add_argument("--quick", action="store_true", help="2 seeds × 5 updates, small evaluations (quick=true)")
         if name in RESUMABLE:
             _add_resume_flags(p)
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -287,6 +298,8 @@ def _example(name: str) -> str:
                 "prompts=runs/demo/data/prompts_eval.jsonl reward_model=runs/demo/rm",
         "demo": "--quick   (or: --config configs/demo.yaml ppo.kl_coef=0.05)",
         "doctor": "--config configs/ppo_example.yaml policy=runs/sft",
+        "compare": "task=demo --quick   (or: sft=DIR reward_model=DIR prompts=FILE eval_prompts=FILE "
+                   "methods='[ppo, rloo]' seeds='[0, 1]')",
     }[name]
 
 

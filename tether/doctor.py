@@ -378,7 +378,7 @@ def estimate_peak_memory(cfg: Any, policy: nn.Module, reward_models: Sequence[nn
     p = _params(policy)
     ref_bytes = 2 if cfg.dtype == "bfloat16" else 4
     seq = cfg.max_prompt_length + cfg.response_length
-    mb = cfg.micro_batch_size
+    mb = 1 if cfg.micro_batch_size == "auto" else cfg.micro_batch_size  # auto: the smallest the planner picks
     rollout_rows = cfg.rollout_batch_size * cfg.samples_per_prompt
     parts = {
         "policy (weights, grads, AdamW)": 16 * p,

@@ -163,3 +163,39 @@ def test_bad_arguments_raise():
         ops.score_index(prefix_mask([0, 3], 3))
     with pytest.raises(ValueError, match="prefix mask"):
         ops.score_index(torch.tensor([[True, False, True]]))
+
+
+def test_overlong_penalty_hand_computed():
+    """DAPO eq. 13 with L_max = 20, L_cache = 8: 0 up to 12 tokens, −(ℓ − 12)/8 · factor up to 20, −factor beyond."""
+    lengths = torch.tensor([1, 12, 13, 16, 20, 21, 40])
+    got = ops.overlong_penalty(lengths, 20, 8)
+    torch.testing.assert_close(got, torch.tensor([0.0, 0.0, -0.125, -0.5, -1.0, -1.0, -1.0]))
+    torch.testing.assert_close(ops.overlong_penalty(lengths, 20, 8, factor=0.5),
+                               torch.tensor([0.0, 0.0, -0.0625, -0.25, -0.5, -0.5, -0.5]))
+    # the buffer as long as the whole response: the penalty starts at the first token
+    torch.testing.assert_close(ops.overlong_penalty(torch.tensor([0, 5, 10]), 10, 10), torch.tensor([0.0, -0.5, -1.0]))
+    assert ops.overlong_penalty(lengths.double(), 20, 8).dtype == torch.float64
+    for bad in [dict(max_length=20, buffer=0), dict(max_length=20, buffer=21), dict(max_length=20, buffer=4, factor=-1)]:
+        with pytest.raises(ValueError):
+            ops.overlong_penalty(lengths, **bad)
+
+
+@FAST
+@given(st.lists(st.integers(0, 64), min_size=1, max_size=16), st.integers(1, 64), st.floats(0.0, 3.0))
+def test_overlong_penalty_is_monotone_and_bounded(lengths, buffer, factor):
+    """Property: in [−factor, 0], non-increasing in the length, 0 at or below L_max − L_cache."""
+    x = torch.tensor(sorted(lengths))
+    p = ops.overlong_penalty(x, 64, buffer, factor)
+    assert bool((p <= 0).all()) and bool((p >= -factor - 1e-6).all())
+    assert bool((p[1:] <= p[:-1] + 1e-6).all())
+    assert bool((p[x <= 64 - buffer] == 0).all())
+
+
+def test_groups_with_signal():
+    """A group carries signal unless all its scores are equal (exactly: a 1e-6 difference is signal)."""
+    scores = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.5, 0.5, 2.0, 2.0 + 1e-6])
+    assert ops.groups_with_signal(scores, 2).tolist() == [False, True, False, True]
+    assert ops.groups_with_signal(scores, 4).tolist() == [True, True]
+    assert ops.groups_with_signal(torch.zeros(3), 1).tolist() == [False, False, False]
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        ops.groups_with_signal(scores, 3)

@@ -19,6 +19,7 @@ from tether.config.ppo import PPOConfig
 from tether.console import library_bars
 from tether.data.prompts import check_prompt_lengths, load_prompt_set
 from tether.errors import ConfigError
+from tether.models.checkpointing import enable_checkpointing
 from tether.models.forward import check_shared_trunk
 from tether.models.load import (
     disable_dropout,
@@ -28,6 +29,14 @@ from tether.models.load import (
     load_tokenizer,
     resize_for_tokenizer,
     vocab_check,
+)
+from tether.models.lora import (
+    AdapterOffReference,
+    is_adapted,
+    is_adapter_run,
+    load_adapter_run,
+    wrap_critic_lora,
+    wrap_lora,
 )
 from tether.models.precision import torch_dtype
 from tether.models.value import ValueModel
@@ -51,14 +60,23 @@ class PPOParts:
     """The value model (None in critic-free modes)."""
     prompts: list[str]
     """The training prompt texts, length-checked."""
+    adapter: Any = None
+    """With ``policy_lora``: the peft wrapper of ``policy`` (what switches the adapter off, saves and merges it);
+    ``policy`` is the adapted transformers model inside it. None for full fine-tuning."""
+    critic_adapter: Any = None
+    """With ``critic_lora``: the peft wrapper of the critic's trunk; else None."""
 
 
 def open_policy(source: Any, tokenizer: Any = None, *, trust_remote_code: bool = False,
                 progress: bool = True) -> tuple[nn.Module, Any, bool]:
-    """The policy as given: ``source`` a model directory (loaded with its tokenizer) or a loaded causal LM (then
+    """The policy as given: ``source`` a model directory (loaded with its tokenizer; an adapter run directory loads
+    its recorded base with the adapter on, ``tether.models.lora.load_adapter_run``) or a loaded causal LM (then
     ``tokenizer`` is required). Returns ``(model, tokenizer, loaded_here)``; nothing is modified yet."""
     if source is None:
         raise ConfigError("policy: required (a model directory or a loaded causal LM)")
+    if isinstance(source, (str, os.PathLike)) and is_adapter_run(source):  # an adapter run: base + its adapter
+        wrapped, run_tok = load_adapter_run(source, trust_remote_code=trust_remote_code)
+        return wrapped.get_base_model(), tokenizer or run_tok, True
     if isinstance(source, (str, os.PathLike)):
         tokenizer = tokenizer or load_tokenizer(source, trust_remote_code)
         with library_bars(progress):
@@ -115,7 +133,11 @@ def load_critic(cfg: PPOConfig, policy: nn.Module, tokenizer: Any, rewards: list
             check_shared_trunk(policy, torch.arange(min(8, vocab)).unsqueeze(0))
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        return ValueModel.from_pretrained_model(policy).requires_grad_(True)
+        value = ValueModel.from_pretrained_model(policy)
+        if is_adapted(policy):  # the trunk's base weights stay frozen; its adapter trains with the policy
+            value.head.requires_grad_(True)
+            return value
+        return value.requires_grad_(True)
     source: nn.Module
     if cfg.critic:
         cfg_json = Path(cfg.critic) / "config.json"
@@ -153,11 +175,35 @@ def load_prompts(cfg: PPOConfig, prompts: Any, tokenizer: Any) -> list[str]:
 def load_ppo_parts(cfg: PPOConfig, *, policy: Any = None, tokenizer: Any = None, reward: Any = None,
                    prompts: Any = None, reference: Optional[nn.Module] = None,
                    critic: Optional[nn.Module] = None) -> PPOParts:
-    """Everything a PPO run needs; objects given win over the paths in ``cfg`` (as for ``PPOTrainer``)."""
+    """Everything a PPO run needs; objects given win over the paths in ``cfg`` (as for ``PPOTrainer``).
+
+    ``policy_lora``: the policy gets its adapter after the reference and a separate critic were taken from the base
+    (so neither copies the adapter); the reference is then the adapter-off view of the policy unless ``reference`` is
+    passed. ``critic_lora``: the separate critic's trunk gets its own adapter. ``gradient_checkpointing``: turned on
+    in the policy and the critic (it acts inside ``grad_forward``, tether.algos.ppo)."""
     pol, tok = load_policy(policy if policy is not None else cfg.policy, tokenizer, pad_policy=cfg.pad_policy,
                            trust_remote_code=cfg.trust_remote_code, progress=False)
-    ref = load_reference(cfg, pol, tok, reference)
+    if is_adapted(pol):
+        raise ConfigError(f"policy: {cfg.policy or type(pol).__name__} carries a LoRA adapter; train from its base "
+                          "model, or from the merged model (merged/, written with policy_lora.merge_on_save)")
+    lora = cfg.policy_lora is not None
+    ref = load_reference(cfg, pol, tok, reference) if not lora or reference is not None else None
     rewards = load_rewards(cfg, reward, tok)
-    value = load_critic(cfg, pol, tok, rewards, critic) if cfg.uses_critic else None
+    separate = cfg.uses_critic and cfg.critic_mode == "separate"
+    value = load_critic(cfg, pol, tok, rewards, critic) if separate else None
+    critic_adapter = wrap_critic_lora(value, cfg.critic_lora) if separate and cfg.critic_lora is not None else None
+    adapter = wrap_lora(pol, cfg.policy_lora) if lora else None
+    if ref is None:
+        ref = AdapterOffReference(adapter)
+    if cfg.uses_critic and not separate:
+        value = load_critic(cfg, pol, tok, rewards, critic)
+    if cfg.gradient_checkpointing:
+        for model in (pol, value if separate else None):
+            if model is not None:
+                try:
+                    enable_checkpointing(model)
+                except ValueError as err:
+                    raise ConfigError(f"gradient_checkpointing: {err}") from None
     texts = load_prompts(cfg, prompts if prompts is not None else cfg.prompts, tok)
-    return PPOParts(policy=pol, tokenizer=tok, reference=ref, rewards=rewards, critic=value, prompts=texts)
+    return PPOParts(policy=pol, tokenizer=tok, reference=ref, rewards=rewards, critic=value, prompts=texts,
+                    adapter=adapter, critic_adapter=critic_adapter)

@@ -9,26 +9,30 @@ One update reads as the data flow (docs/layout.md): 1. rollout → 2. score → 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
 from tether import ops
-from tether.algos.batching import BatchPlan, prompt_indices
+from tether.algos.batching import BatchPlan, prompt_indices, prompt_stream
 from tether.engine.optim import derive_seed
 from tether.config.ppo import PPOConfig
 from tether.console import note
 from tether.engine.dist import Dist, current
 from tether.engine.loop import StepStatus, guarded_step
 from tether.engine.optim import step_scheduler
+from tether.models.checkpointing import grad_forward
 from tether.models.forward import causal_lm_logits, causal_lm_logits_and_hidden
+from tether.plan.oom import retry_on_oom
 from tether.records import Experience, Rollout
 from tether.rewards.base import combine_scores
-from tether.rollout.generate import encode_prompts, generate
-from tether.rollout.sampler import row_seed
+from tether.rollout.generate import encode_prompts, generate, response_logprobs
+from tether.rollout.rows import concat_rollouts, select_rows
+from tether.rollout.sampler import rollout_seeds
 from tether.rollout.score import critic_values, reference_logprobs, rollout_values
 
 
@@ -48,10 +52,21 @@ class PPOState:
     schedulers: dict[str, Any]
     dist: Optional[Dist] = None
     """The processes (``tether.engine.dist``): each samples and trains on its share of the prompts; None: one."""
+    adapter: Any = None
+    """The policy's peft wrapper under ``policy_lora`` (saving, the adapter-off reference), else None."""
+    critic_adapter: Any = None
+    """The critic trunk's peft wrapper under ``critic_lora``, else None."""
+    micro_batch: Optional[int] = None
+    """The micro-batch size in use: ``cfg.micro_batch_size``, or the planner's choice with ``auto``; an
+    out-of-memory retry lowers it (``plan.micro_batch_size`` follows)."""
     plan: BatchPlan = field(init=False)
+    cursor: "PromptCursor" = field(default_factory=lambda: PromptCursor())
+    """Prompts consumed so far (dynamic sampling only; checkpointed with the run)."""
 
     def __post_init__(self) -> None:
-        self.plan = BatchPlan.from_config(self.cfg)
+        if self.micro_batch is None:
+            self.micro_batch = self.cfg.micro_batch_size
+        self.plan = dataclasses.replace(BatchPlan.from_config(self.cfg), micro_batch_size=self.micro_batch)
 
     @property
     def shared(self) -> bool:
@@ -67,11 +82,35 @@ class PPOState:
         """The trained models by checkpoint name: ``policy`` and (with a critic) ``critic``."""
         return {"policy": self.policy, **({"critic": self.critic_own} if self.critic is not None else {})}
 
+    def training_forward(self):
+        """Train mode around the forwards that build a graph when ``gradient_checkpointing`` is on (checkpointing
+        acts only in train mode; dropout is off, so the outputs are those of eval mode), else nothing."""
+        stack = contextlib.ExitStack()
+        if self.cfg.gradient_checkpointing:
+            for model in (self.policy, self.critic):
+                if model is not None:
+                    stack.enter_context(grad_forward(model))
+        return stack
+
     def autocast(self):
         """``torch.autocast`` in bfloat16 around model forwards (``autocast: bfloat16``), or nothing."""
         if self.cfg.autocast == "none":
             return contextlib.nullcontext()
         return torch.autocast(next(self.policy.parameters()).device.type, dtype=torch.bfloat16)
+
+
+@dataclass
+class PromptCursor:
+    """Positions of the seeded prompt order consumed so far. Dynamic sampling consumes a variable number of prompts
+    per update, so the position is checkpointed with the run (``state_dict``); without it, update u starts at u·B."""
+
+    position: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = int(state["position"])
 
 
 @dataclass
@@ -86,29 +125,45 @@ class Scored:
     kl: Tensor  # (B, R) per-token KL estimate, 0 at pads
     skip: Optional[str]  # why nothing can be learned from this rollout (a non-finite score), else None
     seconds: tuple[float, float]  # (rollout, scoring) wall time
+    extra: dict[str, float] = field(default_factory=dict)  # dynamic sampling's and the overlong penalty's metrics
 
 
-def collect(state: PPOState, u: int) -> Scored:
-    """Steps 1–4 of update ``u`` (0-based): sample, score, shape the rewards, estimate advantages."""
+@dataclass
+class Round:
+    """One round of sampling and scoring: the prompts, their rollout, and the scores after every penalty."""
+
+    idx: list[int]  # prompt indices (G rows each)
+    rollout: Rollout
+    gen_logprobs: Tensor  # (B, R)
+    scores: Tensor  # (B,)
+    parts: dict[str, Tensor]
+    skip: Optional[str]
+    seconds: float  # sampling wall time
+
+    def select(self, groups: Tensor, group_size: int) -> "Round":
+        """The groups where ``groups`` (G,) bool is True."""
+        rows = (groups.repeat_interleave(group_size)).nonzero().squeeze(1)
+        return Round([i for i, k in zip(self.idx, groups.tolist()) if k], select_rows(self.rollout, rows),
+                     self.gen_logprobs[rows], self.scores[rows], {k: v[rows] for k, v in self.parts.items()},
+                     self.skip, self.seconds)
+
+
+def sample_round(state: PPOState, u: int, idx: list[int], seen: dict[int, int]) -> Round:
+    """Steps 1 and the scores of step 2 for the prompts ``idx`` of update ``u``: sample G completions of each, score
+    them, apply the missing-EOS and overlong penalties and the clip. ``seen``: the occurrences of each prompt so far
+    in this update (:func:`tether.rollout.sampler.rollout_seeds`)."""
     cfg, t0 = state.cfg, time.perf_counter()
     dist = current(state.dist)
-    # 1. rollout: sample completions from the tempered policy; old log-probs from the training forward. With several
-    #    processes each takes its share of the update's prompts (a prompt's samples stay together on one process)
-    idx = dist.share(prompt_indices(u, cfg.rollout_batch_size, len(state.prompts), cfg.seed))
     texts = [state.prompts[i] for i in idx for _ in range(cfg.samples_per_prompt)]
     batch = encode_prompts(state.tokenizer, texts, texts, cfg.max_prompt_length, cfg.prompt_truncation)
     # one generator per row, from (seed, update, prompt index, sample index): the draws never depend on the batch
-    seeds = [row_seed(cfg.seed, u, i, k) for i in idx for k in range(cfg.samples_per_prompt)]
+    seeds = rollout_seeds(cfg.seed, u, idx, cfg.samples_per_prompt, seen)
     with state.autocast():
         rollout, gen_logprobs = generate(
             state.policy, state.tokenizer, batch, response_length=cfg.response_length, temperature=cfg.temperature,
-            stop_at_eos=cfg.stop_at_eos, micro_batch_size=cfg.micro_batch_size, seeds=seeds,
+            stop_at_eos=cfg.stop_at_eos, micro_batch_size=state.plan.micro_batch_size, seeds=seeds,
         )
-    mask = rollout.response_mask
     t_gen = time.perf_counter()
-    # 2. score: reference log-probs, rewards, critic values (no grad)
-    with state.autocast():
-        ref_logprobs = reference_logprobs(state.reference, rollout, cfg.temperature, cfg.micro_batch_size)
     scores, parts = combine_scores(state.rewards, rollout.prompts, rollout.completions, rollout, nonfinite="keep")
     skip = nonfinite_scores(scores, parts)  # NaN/Inf guard: nothing can be learned from this rollout
     if dist.any(skip is not None) and skip is None:
@@ -118,13 +173,92 @@ def collect(state: PPOState, u: int) -> Scored:
         scores = torch.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
     if cfg.missing_eos_penalty is not None:
         scores = ops.apply_missing_eos_penalty(scores, rollout.has_eos, cfg.missing_eos_penalty, cfg.missing_eos_mode)
+    if cfg.overlong_buffer is not None:
+        overlong = ops.overlong_penalty(rollout.response_mask.sum(1), cfg.response_length, cfg.overlong_buffer,
+                                        cfg.overlong_penalty)
+        parts = {**parts, OVERLONG: overlong}
+        scores = scores + overlong
     if cfg.score_clip is not None:
         scores = ops.clip_scores(scores, cfg.score_clip)
+    return Round(list(idx), rollout, gen_logprobs, scores, parts, skip, t_gen - t0)
+
+
+OVERLONG = "overlong"
+"""The key of the overlong penalty among a round's score parts (logged as ``objective/overlong_penalty``)."""
+
+
+def dynamic_rounds(state: PPOState, u: int, first: Round, start: int, seen: dict[int, int]) -> tuple[Round, dict]:
+    """DAPO's dynamic sampling from the first round of update ``u`` (its prompts read from position ``start`` of
+    the prompt order): drop the groups whose scores are all equal, sample the next prompts in their place for up to
+    ``max_refill_rounds`` rounds, and join what has signal (or the first round whole, when nothing has). Returns the
+    joined round and its metrics (``rollout/prompts_consumed`` moves the prompt cursor)."""
+    cfg, batch, g = state.cfg, state.cfg.rollout_batch_size, state.cfg.samples_per_prompt
+    kept, consumed, dropped, refill, rounds = [], len(first.idx), 0, 0, 0
+    r, seconds = first, first.seconds
+    while True:
+        if r.skip is not None:  # a non-finite score: the update is skipped, on this round as it is
+            return r, {"rollout/prompts_consumed": consumed}
+        signal = ops.groups_with_signal(r.scores, g)
+        dropped += int((~signal).sum())
+        if bool(signal.any()):
+            kept.append(r.select(signal, g))
+        have = sum(len(k.idx) for k in kept)
+        if have >= batch or rounds >= cfg.max_refill_rounds:
+            break
+        need = batch - have
+        idx = prompt_stream(start + consumed, need, len(state.prompts), cfg.seed)
+        consumed, refill, rounds = consumed + need, refill + need, rounds + 1
+        r = sample_round(state, u, idx, seen)
+        seconds += r.seconds
+    metrics = {"rollout/prompts_consumed": consumed, "rollout/dropped_groups": dropped,
+               "rollout/refill_groups": refill, "rollout/refill_rounds": rounds,
+               "rollout/groups_trained": sum(len(k.idx) for k in kept)}
+    if not kept:  # nothing has signal: the first round as it is (zero advantages, as without dynamic sampling)
+        return replace(first, seconds=seconds), metrics
+    if len(kept) == 1:
+        return replace(kept[0], seconds=seconds), metrics
+    rollout = concat_rollouts([k.rollout for k in kept], state.tokenizer.pad_token_id)
+    with torch.no_grad(), state.autocast():  # old log-probs from the joined batch's forward: ratio 1 at step one
+        logprobs = response_logprobs(state.policy, rollout.query_response, rollout.attention_mask,
+                                     rollout.query_length, cfg.temperature, state.plan.micro_batch_size)
+    rollout = replace(rollout, logprobs=torch.where(rollout.response_mask, logprobs, 0.0))
+    joined = Round([i for k in kept for i in k.idx], rollout, torch.cat([k.gen_logprobs for k in kept]),
+                   torch.cat([k.scores for k in kept]),
+                   {name: torch.cat([k.parts[name] for k in kept]) for name in kept[0].parts}, None, seconds)
+    return joined, metrics
+
+
+def collect(state: PPOState, u: int) -> Scored:
+    """Steps 1–4 of update ``u`` (0-based): sample, score, shape the rewards, estimate advantages."""
+    cfg, t0, dist = state.cfg, time.perf_counter(), current(state.dist)
+    # 1. rollout: sample completions from the tempered policy; old log-probs from the training forward. With several
+    #    processes each takes its share of the update's prompts (a prompt's samples stay together on one process)
+    start = state.cursor.position  # dynamic sampling reads on from its cursor; else update u reads u·B … u·B + B − 1
+    idx = (prompt_stream(start, cfg.rollout_batch_size, len(state.prompts), cfg.seed) if cfg.dynamic_sampling
+           else prompt_indices(u, cfg.rollout_batch_size, len(state.prompts), cfg.seed))
+    seen: dict[int, int] = {}
+    if dist.distributed:  # a prompt met twice in one update draws new samples the 2nd time, whichever rank has it
+        lo, hi = dist.share_range(len(idx))
+        for i in idx[:lo]:
+            seen[i] = seen.get(i, 0) + 1
+        idx = idx[lo:hi]
+    r = sample_round(state, u, idx, seen)
+    extra: dict[str, float] = {}
+    if cfg.dynamic_sampling:  # drop the groups without signal, refill from the next prompts
+        r, extra = dynamic_rounds(state, u, r, start, seen)
+    rollout, gen_logprobs, scores, parts, skip = r.rollout, r.gen_logprobs, r.scores, r.parts, r.skip
+    if OVERLONG in parts:
+        extra["objective/overlong_penalty"] = float(parts.pop(OVERLONG).mean())
+    mask = rollout.response_mask
+    t_gen = t0 + r.seconds
+    # 2. score: reference log-probs, critic values (no grad); the rewards were scored with each round
+    with state.autocast():
+        ref_logprobs = reference_logprobs(state.reference, rollout, cfg.temperature, state.plan.micro_batch_size)
     critic_mask = ops.critic_mask(mask, cfg.score_placement)
     values = None
     if state.critic is not None:
         with state.autocast():
-            values = rollout_values(state.critic, rollout, critic_mask, cfg.micro_batch_size)
+            values = rollout_values(state.critic, rollout, critic_mask, state.plan.micro_batch_size)
     # 3. rewards: −β·KL at every token (KL-in-reward) and the score at one index
     kl = torch.where(mask, ops.kl_penalty(rollout.logprobs, ref_logprobs, cfg.kl_estimator, cfg.kl_log_ratio_clamp),
                      0.0)
@@ -144,7 +278,8 @@ def collect(state: PPOState, u: int) -> Scored:
         critic_mask=critic_mask, logprobs=rollout.logprobs, ref_logprobs=ref_logprobs, values=values,
         rewards=rewards, advantages=advantages, returns=returns,
     )
-    return Scored(exp, rollout, gen_logprobs, scores, parts, kl, skip, (t_gen - t0, time.perf_counter() - t_gen))
+    return Scored(exp, rollout, gen_logprobs, scores, parts, kl, skip, (t_gen - t0, time.perf_counter() - t_gen),
+                  extra)
 
 
 class UpdateStats:
@@ -200,7 +335,7 @@ def micro_batch_loss(state: PPOState, x: Experience, q: int, counts: dict[str, f
     micro-batch losses add up to the minibatch's; with its statistics and the policy-loss info."""
     cfg = state.cfg
     new_values = None
-    with state.autocast():  # the model forwards; the log-prob and loss math below stay float32
+    with state.autocast(), state.training_forward():  # the model forwards; log-prob and loss math stay float32
         if state.shared:  # one trunk pass gives logits and the hidden state the value head reads
             logits, hidden = causal_lm_logits_and_hidden(state.policy, x.query_response, x.attention_mask)
             logits = logits[:, q - 1 : -1]
@@ -239,7 +374,7 @@ def micro_batch_loss(state: PPOState, x: Experience, q: int, counts: dict[str, f
 def optimise(state: PPOState, exp: Experience, q: int, u: int) -> UpdateStats:
     """Step 5 of update ``u``: epochs × minibatches × micro-batches, one optimizer step per minibatch (gradients
     accumulated over its micro-batches); an early stop once a minibatch's approx KL passes ``target_kl``."""
-    cfg, plan, dist = state.cfg, state.plan, current(state.dist)
+    cfg, dist = state.cfg, current(state.dist)
     train_policy = u >= cfg.critic_warmup_updates
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, "minibatch", u))
     acc = UpdateStats()
@@ -249,29 +384,46 @@ def optimise(state: PPOState, exp: Experience, q: int, u: int) -> UpdateStats:
     epoch = 0
     for epoch in range(cfg.num_ppo_epochs):
         stop = False
-        for mb_number, mb_idx in enumerate(plan.minibatches(g)):
+        # dynamic sampling (one process only) may leave fewer rows than planned: the minibatches cut what there is
+        sequences = None if dist.distributed else exp.batch_size
+        for mb_number, mb_idx in enumerate(state.plan.minibatches(g, sequences)):
             mb = exp.select(mb_idx if not dist.distributed else
                             torch.tensor([i - first for i in mb_idx.tolist() if first <= i < last], dtype=torch.long))
             n_tok, n_crit = dist.sum([float(mb.response_mask.sum()), float(mb.critic_mask.sum())])  # whole minibatch
             counts = dict(num_tokens=n_tok, num_seqs=float(len(mb_idx)), max_len=float(mb.response_mask.shape[1]))
             vcounts = dict(counts, num_tokens=n_crit)
-            for opt in state.optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            mb_kl, finite = 0.0, True
-            for micro_idx in plan.micro_batches(torch.arange(mb.response_mask.shape[0])):
-                if not len(micro_idx):  # this process holds no row of the minibatch
-                    continue
-                x = mb.select(micro_idx)
-                share = float(x.response_mask.sum()) / counts["num_tokens"]
-                loss, stats, pg = micro_batch_loss(state, x, q, counts, vcounts, share, train_policy)
-                if not bool(torch.isfinite(loss.detach())):  # NaN/Inf guard: no backward, the step is skipped
-                    finite = False
-                    break
-                loss.backward()
+            rows = mb.response_mask.shape[0]  # this process's rows of the minibatch (none: it only joins the sums)
+
+            def gradients(m: int) -> tuple[list, float, bool]:
+                """Zeroed gradients, then this process's rows of the minibatch in micro-batches of ``m``:
+                ``(stats, approx KL, finite)``. No collective inside, so one process may redo it alone."""
+                for opt in state.optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                added, kl_sum = [], 0.0
+                for micro_idx in torch.arange(rows).split(m):
+                    if not len(micro_idx):
+                        continue
+                    x = mb.select(micro_idx)
+                    share = float(x.response_mask.sum()) / counts["num_tokens"]
+                    loss, stats, pg = micro_batch_loss(state, x, q, counts, vcounts, share, train_policy)
+                    if not bool(torch.isfinite(loss.detach())):  # NaN/Inf guard: no backward, the step is skipped
+                        return added, kl_sum, False
+                    loss.backward()
+                    added.append((stats, share, pg))
+                    kl_sum += float(pg["approx_kl"]) * share
+                return added, kl_sum, True
+
+            (added, mb_kl, finite), m = retry_on_oom(gradients, state.plan.micro_batch_size, max(rows, 1),
+                                                     on_retry=lambda old, new: note(
+                                                         f"update {u + 1}: out of memory at micro_batch_size={old}; "
+                                                         f"redoing the minibatch with {new} (the update is unchanged)"))
+            if m != state.plan.micro_batch_size:  # keep the size that fitted for the rest of the run
+                state.micro_batch = m
+                state.plan = dataclasses.replace(state.plan, micro_batch_size=m)
+            for stats, share, pg in added:
                 acc.add(stats, share, pg, first_minibatch=epoch == 0 and mb_number == 0)
-                mb_kl += float(pg["approx_kl"]) * share
-            params = {k: [p for p in m.parameters() if p.grad is not None or (dist.distributed and p.requires_grad)]
-                      for k, m in named.items()}
+            params = {k: [p for p in mod.parameters() if p.grad is not None or (dist.distributed and p.requires_grad)]
+                      for k, mod in named.items()}
             status = guarded_step(params, state.optimizers, cfg.max_grad_norm, finite,
                                   frozen=() if train_policy else ("policy",), dist=dist)
             if dist.distributed:
@@ -376,6 +528,9 @@ def report(state: PPOState, s: Scored, train: dict[str, float], u: int, lrs: dic
         "objective/entropy": float(ops.sequence_sum(-rollout.logprobs, mask).mean()),
         "response/length_mean": float(mask.sum(1).float().mean()),
         "response/eos_fraction": float(rollout.has_eos.float().mean()),
+        # tokens the sampler produced: every row runs to response_length without stop_at_eos, else to the longest
+        "rollout/sampled_tokens": float(mask.shape[0] * (int(mask.sum(1).max()) if cfg.stop_at_eos
+                                                         else cfg.response_length)),
         "rollout/logprob_mismatch_max": float((s.gen_logprobs - rollout.logprobs).abs().masked_fill(~mask, 0).max()),
         "time/rollout_s": t_roll,
         "time/score_s": t_score,
@@ -385,6 +540,7 @@ def report(state: PPOState, s: Scored, train: dict[str, float], u: int, lrs: dic
         **({"lr/critic": lrs["critic"]} if "critic" in lrs else {}),
         **train,
     }
+    metrics.update(s.extra)
     metrics["train/skipped_update"] = float(s.skip is not None)
     if s.skip is not None:  # the zeros that stood in for NaN/Inf are not the rollout's score
         metrics["objective/score"] = metrics["objective/rlhf_reward"] = float("nan")
@@ -412,6 +568,7 @@ def ppo_update(state: PPOState, u: int) -> UpdateResult:
     trains: the critic warm-up spends neither its schedule nor an adaptive β)."""
     cfg, t0 = state.cfg, time.perf_counter()
     s = collect(state, u)  # 1–4
+    state.cursor.position += int(s.extra.get("rollout/prompts_consumed", 0))
     train = optimise(state, s.exp, s.rollout.query_length, u) if s.skip is None else skipped_update(cfg, s.skip)  # 5
     policy_trains = u >= cfg.critic_warmup_updates
     lrs = {k: o.param_groups[0]["lr"] for k, o in state.optimizers.items()}  # the rates this update used
@@ -426,4 +583,5 @@ def ppo_update(state: PPOState, u: int) -> UpdateResult:
         if k != "policy" or policy_trains:
             step_scheduler(sched)
     metrics = report(state, s, train.result(), u, lrs, beta, seq_kl, time.perf_counter() - t0)  # 6
+    metrics["train/micro_batch_size"] = state.plan.micro_batch_size
     return UpdateResult(metrics, s, skipped=train.steps == 0 and train.skipped > 0, reason=train.reason)

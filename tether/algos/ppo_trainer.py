@@ -11,6 +11,7 @@ from torch import nn
 
 from tether import ops
 from tether.engine.optim import derive_seed
+from tether.algos.autobatch import auto_micro_batch
 from tether.algos.parts import load_ppo_parts
 from tether.algos.ppo import PPOState, ppo_update
 from tether.config.base import dump
@@ -26,6 +27,7 @@ from tether.errors import ConfigError
 from tether.eval.heldout import ppo_heldout
 from tether.monitor.hooks import ppo_monitor, preflight
 from tether.models.card import model_card
+from tether.models.lora import AdapterSave, save_adapter
 from tether.monitor.logger import RunLogger
 from tether.monitor.trackers import check_stage_trackers
 
@@ -63,23 +65,33 @@ class PPOTrainer:
         if dist.distributed and any(r.normalize == "batch" for r in cfg.rewards):
             raise ConfigError("rewards: normalize=batch is not available on several processes yet; use one "
                               "process, or normalize=none")
+        if dist.distributed and cfg.dynamic_sampling:
+            raise ConfigError("dynamic_sampling: not available on several processes yet (the refill rounds would "
+                              "differ per process); use one process, or dynamic_sampling=false")
         self.run = stage_run_dir(cfg, restart=restart, dist=dist)
         set_seed(derive_seed(cfg.seed, "init", 0))  # torch, and Python/NumPy for rewards that draw from them
         parts = load_ppo_parts(cfg, policy=policy, tokenizer=tokenizer, reward=reward, prompts=prompts,
                                reference=reference, critic=critic)
+        micro = cfg.micro_batch_size
+        if micro == "auto":
+            micro, line = auto_micro_batch(cfg, parts.policy, parts.reference, parts.critic, parts.rewards)
+            note(line)
         kl_ctl = (ops.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
                   if cfg.kl_controller == "adaptive" else ops.FixedKLController(cfg.kl_coef))
         self.state = PPOState(cfg=cfg, policy=parts.policy, tokenizer=parts.tokenizer, reference=parts.reference,
                               critic=parts.critic, rewards=parts.rewards, prompts=parts.prompts, kl_ctl=kl_ctl,
-                              optimizers={}, schedulers={}, dist=dist)
+                              optimizers={}, schedulers={}, adapter=parts.adapter,
+                              critic_adapter=parts.critic_adapter, micro_batch=micro, dist=dist)
         self._build_optimizers()
         self.loop = RunLoop(self.run, total=cfg.num_updates, models=self.state.models(),
                             optimizers=self.state.optimizers, schedulers=self.state.schedulers,
-                            stateful={"kl_ctl": kl_ctl}, checkpoint_every=cfg.checkpoint_every,
+                            stateful={"kl_ctl": kl_ctl,
+                                      **({"prompt_cursor": self.state.cursor} if cfg.dynamic_sampling else {})},
+                            checkpoint_every=cfg.checkpoint_every,
                             keep_checkpoints=cfg.keep_checkpoints, max_consecutive_skips=cfg.max_consecutive_skips,
                             skip_noun="update",
                             skip_phrase="without an optimizer step (last cause: {reason})", samples_log="samples.jsonl",
-                            dist=dist)
+                            time_limit_s=cfg.time_limit_s, dist=dist)
         # 0. watch: pre-flight checks (tether doctor's fast subset), then logs, held-out evaluation, alarms
         self.monitor: Optional[RunLogger] = None
         if not self.run.finished:
@@ -154,7 +166,7 @@ class PPOTrainer:
                  **{k: float(v[i]) for k, v in parts.items()}} for i in range(min(n, len(ro.prompts)))]
 
     def train(self) -> list[dict[str, float]]:
-        """Run the remaining updates up to ``num_updates`` with checkpoints every ``checkpoint_every`` and at the end,
+        """Run the remaining updates up to ``num_updates`` (or until ``time_limit_s``) with checkpoints every ``checkpoint_every`` and at the end,
         then save the final model. Returns the metrics of every update (also those before a resume).
 
         SIGTERM/Ctrl-C: the current update finishes, a checkpoint is written and ``Preempted`` is raised; a second
@@ -163,11 +175,14 @@ class PPOTrainer:
         """
         cfg = self.cfg
         if self.run.finished:
-            note(f"{self.output_dir / 'final'} holds the finished run ({cfg.num_updates} updates); nothing to do")
+            note(f"{self.output_dir / 'final'} holds the finished run ({len(self.history)} updates); nothing to do")
             return self.history
         bar = progress(total=cfg.num_updates, desc="ppo", enabled=cfg.progress and self.dist.is_main, unit="update",
-                       every=getattr(getattr(self.monitor, "cfg", None), "log_every", None))
-        self.loop.run(self.step, bar, postfix=getattr(self.monitor, "postfix", None))
+                       every=self.monitor.cfg.log_every)
+        self.loop.run(self.step, bar, postfix=self.monitor.postfix)
+        if self.loop.step < cfg.num_updates and self.dist.is_main:
+            note(f"time_limit_s={cfg.time_limit_s:g} reached after update {self.loop.step} of {cfg.num_updates}; "
+                 f"saving {self.output_dir / 'final'}")
         try:
             if self.dist.is_main:
                 self.save(self.output_dir / "final")
@@ -185,11 +200,21 @@ class PPOTrainer:
     def save(self, out_dir: str | Path) -> Path:
         """Policy (and critic under ``critic/``; only its head with ``critic_mode=shared``) in ``save_pretrained``
         format with the tokenizer and resolved config, swapped in whole (``save_model_atomic``); non-finite weights
-        are refused."""
+        are refused. With ``policy_lora`` the policy is its adapter (``tether.models.lora.save_adapter``; the merged
+        model under ``merged/`` with ``merge_on_save``), with ``critic_lora`` the critic is its adapter and head."""
         check_finite(self.state.models())
-        critic, trunk = self.state.critic, not self.state.shared
+        st = self.state
+        critic, trunk = st.critic, not st.shared and st.critic_adapter is None
         out = Path(out_dir)
         files = {"tether_config.yaml": dump(self.cfg), "README.md": model_card("ppo", self.cfg, self.history)}
-        save_model_atomic(self.policy, self.tokenizer, out, extra_files=files,
-                          before_swap=(lambda tmp: critic.save(tmp / "critic", trunk)) if critic is not None else None)
+
+        def save_critic(tmp: Path) -> None:
+            critic.save(tmp / "critic", trunk)
+            if st.critic_adapter is not None:
+                save_adapter(st.critic_adapter, tmp / "critic")
+
+        model = self.policy if st.adapter is None else AdapterSave(
+            st.adapter, self.tokenizer, merged=self.cfg.policy_lora.merge_on_save)
+        save_model_atomic(model, self.tokenizer, out, extra_files=files,
+                          before_swap=save_critic if critic is not None else None)
         return out

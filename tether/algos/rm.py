@@ -52,6 +52,7 @@ from tether.models.load import (
     vocab_check,
 )
 from tether.models.card import model_card
+from tether.models.checkpointing import enable_checkpointing
 from tether.models.precision import compute_context, master_dtype, master_weights
 from tether.models.scalar import (
     card_notes,
@@ -314,6 +315,8 @@ def train_rm(
     set_seed(cfg.seed)
     model, tokenizer = prepare_reward_model(cfg, model, tokenizer)
     model = master_weights(model)  # float32 weights and AdamW state; dtype=bfloat16 computes under autocast
+    if cfg.gradient_checkpointing:  # acts in the training forwards: the loop trains in train mode, dropout off
+        enable_checkpointing(model)
     style = reward_input_style(model)
     device = dist.device
     model.to(device)

@@ -36,6 +36,7 @@ from tether.data.readers import adopt_chat_template, read_records
 from tether.data.sft import collate_sft, pack_sft, tokenize_sft_records
 from tether.errors import ConfigError, DataError
 from tether.models.card import model_card
+from tether.models.checkpointing import enable_checkpointing
 from tether.models.forward import causal_lm_logits
 from tether.models.load import (
     disable_dropout,
@@ -182,6 +183,8 @@ def train_sft(
     set_seed(cfg.seed)
     model, tokenizer = prepare_causal_lm(cfg, model, tokenizer)
     model = master_weights(model)  # float32 weights and AdamW state; dtype=bfloat16 computes under autocast
+    if cfg.gradient_checkpointing:  # acts in the training forwards: the loop trains in train mode, dropout off
+        enable_checkpointing(model)
     device = dist.device
     model.to(device)
     max_length = cfg.max_length

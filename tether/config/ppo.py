@@ -6,11 +6,12 @@ such departure says why in its docstring.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tether.config.base import DeviceName, OutputDir, ResumeSpec, Section
+from tether.config.lora import LoraConfig
 from tether.config.monitor import MonitorConfig
 from tether.config.presets import PRESET_NAMES
 
@@ -58,6 +59,17 @@ class PPOConfig(Section):
     critic_mode: Literal["separate", "shared"] = "separate"
     """`separate`: the critic is its own model (default; N+). `shared`: a value head on the policy's own trunk, one
     forward for logits and values and no second model in memory; the value loss then also trains the trunk."""
+    policy_lora: Optional[LoraConfig] = None
+    """Train a LoRA adapter (through peft) instead of every weight of the policy: `r`, `alpha`, `dropout` (must be
+    0), `target_modules`, `merge_on_save`. The reference is then the same model with the adapter switched off (no
+    second copy), `final/` and `best/` hold the adapter (and `merged/` with `merge_on_save`); null: full
+    fine-tuning (docs/memory.md)."""
+    critic_lora: Optional[LoraConfig] = None
+    """Give the separate critic its own LoRA adapter on its own frozen trunk (the value head trains fully); null:
+    every critic weight trains. Only with `critic_mode: separate`."""
+    gradient_checkpointing: bool = False
+    """Recompute each transformer block in the backward pass instead of keeping its activations (policy and critic
+    training forwards): less memory, about one more forward of time; gradients unchanged (docs/memory.md)."""
     rewards: list[RewardSpec] = Field(default_factory=list)
     """Reward sources, combined as a weighted sum of their (optionally normalised) scores."""
     prompts: Optional[str] = None
@@ -86,14 +98,23 @@ class PPOConfig(Section):
     # --- run length and batch sizes ---------------------------------------------------------------
     num_updates: int = Field(20, ge=1)
     """Number of PPO updates (each: one rollout, then `num_ppo_epochs` passes over it)."""
+    time_limit_s: Optional[float] = Field(None, gt=0)
+    """Wall-time budget (seconds of training, held-out evaluations included, across resumes): the run stops after
+    the update during which it is reached (a fresh run takes at least one; that update is evaluated when held-out
+    evaluation is on) and saves `final/` as at a normal end; num_updates stays the upper bound. null: no limit. With
+    a `linear`/`cosine` schedule the learning rate still anneals over num_updates (`tether compare` uses `constant`
+    for this)."""
     rollout_batch_size: int = Field(16, ge=1)
     """Prompts per update."""
     samples_per_prompt: int = Field(1, ge=1)
     """Completions sampled per prompt; group estimators (grpo, dr_grpo, rloo, reinforce_pp_baseline) need ≥ 2."""
     num_minibatches: int = Field(1, ge=1)
     """Minibatches per epoch (one optimizer step each). Must divide rollout_batch_size × samples_per_prompt."""
-    micro_batch_size: int = Field(8, ge=1)
-    """Sequences per forward/backward; gradients accumulate over a minibatch. Must divide the minibatch size."""
+    micro_batch_size: Union[int, Literal["auto"]] = 8
+    """Sequences per forward/backward; gradients accumulate over a minibatch. Must divide the minibatch size.
+    `auto`: the memory planner picks the largest divisor of the minibatch size whose estimated peak fits the
+    device's memory with a 20 % margin (logged, and recorded as `train/micro_batch_size`); an out-of-memory error
+    halves it and redoes the minibatch (docs/memory.md)."""
     num_ppo_epochs: int = Field(4, ge=1)
     """Passes over each rollout (N+: 4)."""
     seed: int = 0
@@ -160,6 +181,15 @@ class PPOConfig(Section):
     """ε of GRPO's advantage (R − mean)/(std + ε) within a group. With the default, two returns 1e-5 apart get
     advantages of about ±0.6; set it near the score differences you consider ties (e.g. 0.01–0.1 for scores of
     order 1) to damp near-ties. Only `advantage: grpo` reads it."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling, for the group estimators (grpo, dr_grpo, rloo, reinforce_pp_baseline): after scoring,
+    drop every group whose scores are all equal (zero advantage, no signal) and sample the next prompts of the seeded
+    prompt order in their place, until the batch holds rollout_batch_size groups with signal or max_refill_rounds
+    refills are spent; then train on the groups there are (`rollout/groups_trained`). Each update therefore consumes
+    a variable number of prompts (`rollout/prompts_consumed`); the prompt cursor is saved with each checkpoint."""
+    max_refill_rounds: int = Field(3, ge=0)
+    """With dynamic_sampling: the most refill rounds per update (each samples as many new prompts as groups are
+    missing); 0 only drops the groups without signal."""
     loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"] = (
         "token_mean"
     )
@@ -190,6 +220,13 @@ class PPOConfig(Section):
     """Penalty for completions without EOS; null disables."""
     missing_eos_mode: Literal["subtract", "replace"] = "subtract"
     """`subtract` the penalty from the score (TRL) or `replace` the score by −penalty (N+)."""
+    overlong_buffer: Optional[int] = Field(None, ge=1)
+    """DAPO's soft overlong punishment: the last this many tokens of response_length (L_cache) are a buffer in which
+    the score falls linearly, from 0 at response_length − overlong_buffer tokens to −overlong_penalty at
+    response_length (`ops.overlong_penalty`; logged as `objective/overlong_penalty`). Applied after the missing-EOS
+    penalty, before score_clip. null disables."""
+    overlong_penalty: float = Field(1.0, gt=0)
+    """The overlong punishment at full length (DAPO: 1). Only read with overlong_buffer set."""
     score_clip: Optional[float] = Field(None, gt=0)
     """Clip combined scores to ±this; null disables."""
     whiten_rewards: bool = False
@@ -225,7 +262,7 @@ class PPOConfig(Section):
         "output_dir", "resume", "progress", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips",
         "sample_every", "num_samples_logged", "monitor"})
     """Fields a resumed run may change: they move outputs or logs, never the trained weights."""
-    RUN_LENGTH: ClassVar[frozenset[str]] = frozenset({"num_updates"})
+    RUN_LENGTH: ClassVar[frozenset[str]] = frozenset({"num_updates", "time_limit_s"})
     """Fields that may grow on resume when the learning-rate schedule does not depend on them (`constant`)."""
 
     SECTIONS: ClassVar[tuple[tuple[str, str], ...]] = (
@@ -245,6 +282,17 @@ class PPOConfig(Section):
 
         return expand_ppo_shortcuts(expand_preset(data))
 
+    @field_validator("micro_batch_size", mode="before")
+    @classmethod
+    def _micro_batch(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError("must be a positive integer or auto")
+        return value
+
     @model_validator(mode="after")
     def _cross_field(self) -> "PPOConfig":
         batch = self.rollout_batch_size * self.samples_per_prompt
@@ -253,13 +301,29 @@ class PPOConfig(Section):
                 f"num_minibatches={self.num_minibatches} must divide rollout_batch_size × samples_per_prompt = {batch}"
             )
         mini = batch // self.num_minibatches
-        if mini % self.micro_batch_size:
+        if self.micro_batch_size != "auto" and mini % self.micro_batch_size:
             raise ValueError(f"micro_batch_size={self.micro_batch_size} must divide the minibatch size {mini}")
         if self.advantage in GROUP and self.samples_per_prompt < 2:
             raise ValueError(f"advantage={self.advantage} needs samples_per_prompt >= 2 (a group baseline of one is 0)")
         if self.critic_mode == "shared" and self.critic:
             raise ValueError("critic: a critic directory cannot be used with critic_mode=shared (the value head sits "
                              "on the policy's trunk); remove one of them")
+        if self.policy_lora is not None:
+            if self.policy_lora.dropout > 0:
+                raise ValueError(f"policy_lora.dropout={self.policy_lora.dropout}: PPO needs 0 (a dropout makes the "
+                                 "first-minibatch ratio differ from 1 and the reference forward random)")
+            if self.reference:
+                raise ValueError("reference: cannot be used with policy_lora (the reference is the policy with its "
+                                 "adapter switched off); remove one of them")
+        if self.critic_lora is not None:
+            if self.critic_mode == "shared":
+                raise ValueError("critic_lora: needs critic_mode=separate (a shared critic is a value head on the "
+                                 "policy's trunk, trained with the policy's adapter)")
+            if not self.uses_critic:
+                raise ValueError(f"critic_lora: advantage={self.advantage} uses no critic")
+            if self.critic_lora.dropout > 0:
+                raise ValueError(f"critic_lora.dropout={self.critic_lora.dropout}: PPO needs 0 (the rollout's values "
+                                 "and the training forward must agree)")
         if self.critic_warmup_updates and not self.uses_critic:
             raise ValueError(f"critic_warmup_updates={self.critic_warmup_updates} needs a critic (advantage=gae); "
                              f"advantage={self.advantage} has none")
@@ -275,10 +339,23 @@ class PPOConfig(Section):
         if self.kl_in == "loss" and self.kl_estimator == "k1":
             raise ValueError("kl_in=loss with kl_estimator=k1: the k1 loss has zero expected gradient (E_π[∇ log π] = "
                              "0); set kl_estimator=k3 (GRPO) or k2 (the gradient of the KL)")
+        if self.overlong_buffer is not None and self.overlong_buffer > self.response_length:
+            raise ValueError(f"overlong_buffer={self.overlong_buffer} must be <= response_length="
+                             f"{self.response_length}")
+        if self.dynamic_sampling and self.advantage not in GROUP:
+            raise ValueError(f"dynamic_sampling: needs a group estimator ({', '.join(sorted(GROUP))}); advantage="
+                             f"{self.advantage} " + ("learns from a critic, so a group of equal scores still has "
+                                                     "advantages" if self.uses_critic else "has no group baseline"))
         if self.whiten_rewards and not self.uses_critic:
             raise ValueError(f"whiten_rewards: only with advantage=gae; advantage={self.advantage} normalises its own "
                              "returns, and whitening the per-token rewards first mixes scales")
         return self
+
+    @property
+    def scoring_micro_batch(self) -> int:
+        """Micro-batch of the no-gradient forwards outside an update (held-out evaluation, `tether doctor`):
+        `micro_batch_size`, or 8 with `auto` (the planner's choice is made when the trainer has its models)."""
+        return 8 if self.micro_batch_size == "auto" else self.micro_batch_size
 
     @property
     def uses_critic(self) -> bool:

@@ -49,6 +49,9 @@ class RMConfig(StepRun):
     """Compute dtype while training: `bfloat16` runs the forwards under `torch.autocast` (bf16 matmuls) while the
     weights and AdamW state stay float32 master copies, so small updates are not rounded away; the loss is float32
     either way and the model is saved in float32 (tether.models.precision)."""
+    gradient_checkpointing: bool = False
+    """Recompute each transformer block in the backward pass instead of keeping its activations: less memory for
+    about one more forward of time; gradients unchanged (docs/memory.md)."""
     init_head: Literal["auto", "always", "never"] = "auto"
     """Score head initialisation N(0, 1/√(d+1)), bias 0 (ppo_details.md C1): `auto` when the checkpoint has no trained
     head (loaded from a directory; a model object passed in keeps its head), `always`, or `never`."""

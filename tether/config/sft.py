@@ -44,6 +44,10 @@ class SFTConfig(StepRun):
     weights and AdamW state stay float32 master copies, so small updates are not rounded away; the loss is float32
     either way and the model is saved in float32 (tether.models.precision)."""
 
+    gradient_checkpointing: bool = False
+    """Recompute each transformer block in the backward pass instead of keeping its activations: less memory for
+    about one more forward of time; gradients unchanged (docs/memory.md)."""
+
     # --- what is learned -------------------------------------------------------------------------
     completion_only_loss: bool = True
     """Loss on completion tokens only (assistant turns for chat data); false: on every token of the sequence, as N+

@@ -171,7 +171,8 @@ class RunLoop:
                  optimizers: Mapping[str, torch.optim.Optimizer], schedulers: Mapping[str, Any],
                  checkpoint_every: int, keep_checkpoints: int, max_consecutive_skips: int,
                  skip_noun: str, skip_phrase: str, stateful: Optional[Mapping[str, Any]] = None,
-                 samples_log: Optional[str] = None, dist: Optional[Dist] = None):
+                 samples_log: Optional[str] = None, time_limit_s: Optional[float] = None,
+                 dist: Optional[Dist] = None):
         self.dist = current(dist)
         """The processes of the run: only the main one writes files; every rank restores the checkpoints."""
         self.run_dir, self.out = run, run.out
@@ -182,6 +183,8 @@ class RunLoop:
         self.skip_noun, self.skip_phrase = skip_noun, skip_phrase
         self.unit = run.unit
         self.samples_log = samples_log
+        self.time_limit_s = time_limit_s
+        """Stop after the step during which :meth:`elapsed` reaches this (None: run all ``total`` steps)."""
         self.step = 0
         """Steps done (skipped ones included: each consumes its batch and a step of the schedule)."""
         self.skip_streak = 0
@@ -198,6 +201,7 @@ class RunLoop:
         self.save_best: Optional[Callable[[], Any]] = None
         self._stop: Optional[StopRequest] = None
         elapsed = self._start()
+        self._elapsed_at_start = elapsed
         self._t0 = time.perf_counter() - elapsed
 
     # ------------------------------------------------------------------ start
@@ -256,6 +260,10 @@ class RunLoop:
         """Seconds of training so far, across resumes."""
         return time.perf_counter() - self._t0
 
+    def out_of_time(self) -> bool:
+        """True once ``time_limit_s`` is set and :meth:`elapsed` has reached it."""
+        return self.time_limit_s is not None and self.elapsed() >= self.time_limit_s
+
     # ------------------------------------------------------------------ each step
     def advance(self, *, skipped: bool, reason: str = "") -> int:
         """Count one step (``skipped``: no optimizer step was taken, for ``reason``); returns the new step number."""
@@ -276,7 +284,8 @@ class RunLoop:
         written: dict[str, Any] = {}
         if record:
             record = dict(record)
-            evaluated = self.heldout() if self.heldout is not None and self.heldout.due(self.step) else {}
+            due = self.heldout is not None and (self.heldout.due(self.step) or self.out_of_time())
+            evaluated = self.heldout() if due else {}  # the last step of a time-limited run is evaluated too
             record.update(evaluated)
             if self.monitor is not None:
                 watched = self.monitor.on_update(record, samples=samples, completions=completions)
@@ -304,20 +313,25 @@ class RunLoop:
     # ------------------------------------------------------------------ the run
     def run(self, step: Callable[[], Any], bar: Any, postfix: Optional[Callable[[], Mapping[str, Any]]] = None
             ) -> None:
-        """Call ``step`` until ``total`` steps are done, checkpointing every ``checkpoint_every`` steps and when a
-        stop was asked (then ``Preempted``), and once more at the end unless the run resumed from that step. A
-        monitor attached is closed (with the report only on success). Libraries are quiet while it runs
-        (``tether.console.quiet_libraries``); ``bar`` is a ``tether.console.progress``."""
+        """Call ``step`` until ``total`` steps are done (or, with ``time_limit_s``, until the step during which the
+        limit is reached), checkpointing every ``checkpoint_every`` steps and when a stop was asked (then
+        ``Preempted``), and once more at the end unless the run resumed from that step. A monitor attached is closed
+        (with the report only on success). Libraries are quiet while it runs (``tether.console.quiet_libraries``);
+        ``bar`` is a ``tether.console.progress``."""
         try:
             with StopRequest() as stop, quiet_libraries():
                 bar.n = bar.initial = self.step  # a resumed run's progress (rate, ETA) starts where it stopped
                 bar.refresh()
-                while self.step < self.total:
+                # a run resumed at or past its time limit takes no step; a fresh one takes at least one
+                spent = self.time_limit_s is not None and self._elapsed_at_start >= self.time_limit_s
+                while self.step < self.total and not spent:
                     step()
                     if postfix is not None:
                         bar.set_postfix(postfix(), refresh=False)
                     bar.update(1)
                     kill_point(f"after-{self.unit}:{self.step}")
+                    if self.dist.any(self.out_of_time()):  # every rank stops after the same step
+                        break
                     due = self.checkpoint_every and self.step % self.checkpoint_every == 0
                     # every rank stops at the same step when any of them got the signal
                     stopping = self.dist.any(stop.requested is not None) if self.step < self.total else False

@@ -291,8 +291,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     """Evaluate as an ``EvalConfig`` says, print the table, write results.json and samples.jsonl."""
     for name, dirs in cfg.policies.items():
         for path in run_dirs(dirs):
-            if not (Path(path) / "config.json").is_file():
-                raise ModelError(f"{path}: policy {name!r} is not a model directory (no config.json)")
+            if not any((Path(path) / f).is_file() for f in ("config.json", "adapter_config.json")):
+                raise ModelError(f"{path}: policy {name!r} is not a model directory (no config.json) nor an adapter "
+                                 "run (no adapter_config.json)")
     if not (Path(cfg.reference) / "config.json").is_file():
         raise ModelError(f"{cfg.reference}: reference is not a model directory (no config.json)")
     prompts = load_prompts(cfg.prompts, load_tokenizer(cfg.reference))  # chat prompts through the policy's template

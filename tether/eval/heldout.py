@@ -239,7 +239,7 @@ def ppo_heldout(cfg: Any, policy: nn.Module, tokenizer: Any, rewards: Sequence[A
     evaluator = HeldOutEvaluator(
         prompts, tokenizer, rewards=rewards, judges=judges, reference=reference,
         response_length=cfg.response_length, temperature=cfg.temperature, greedy=mon.eval_greedy,
-        max_prompt_length=cfg.max_prompt_length, micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
+        max_prompt_length=cfg.max_prompt_length, micro_batch_size=cfg.scoring_micro_batch, seed=cfg.seed,
     )
     best = BestTracker(mon.best_metric or default_best_metric(judges), mon.best_mode)
     return HeldOut(evaluator, policy, every=mon.eval_every, total=cfg.num_updates, best=best)

@@ -90,8 +90,9 @@ def model_card(stage: str, cfg: Any, metrics: Mapping[str, Any] | Sequence[Mappi
     front: dict[str, Any] = {}
     if base:
         front["base_model"] = str(base)
-    front |= {"library_name": "transformers", "model_name": name, "tags": ["generated_from_trainer", "tether",
-                                                                          *TAGS[stage]]}
+    adapter = stage == "ppo" and bool(_get(cfg, "policy_lora"))  # final/ holds a LoRA adapter on the base
+    front |= {"library_name": "peft" if adapter else "transformers", "model_name": name,
+              "tags": ["generated_from_trainer", "tether", *TAGS[stage], *(["lora"] if adapter else [])]}
     if isinstance(data, str) and _HUB_NAME.match(data.split(":")[0]) and not Path(data).exists():
         front["datasets"] = [data.split(":")[0]]
     front["licence"] = "license"
@@ -102,7 +103,8 @@ def model_card(stage: str, cfg: Any, metrics: Mapping[str, Any] | Sequence[Mappi
         origin = f"[{base}](https://huggingface.co/{base})"
     lines += [f"This model is {origin} after tether's {STAGES[stage]} stage, trained on {_data_text(data)}.", ""]
     where = str(_get(cfg, "output_dir") or name) + ("/final" if stage in ("ppo", "dpo") else "")
-    lines += ["## Quick start", "", "```python", *[ln.replace("PATH", where) for ln in _quick_start(stage)], "```", ""]
+    quick = [ln.replace("PATH", where) for ln in _quick_start(stage, adapter)]
+    lines += ["## Quick start", "", "```python", *quick, "```", ""]
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     options = [(k, _get(cfg, k)) for k in KEY_OPTIONS[stage] if _get(cfg, k) is not None]
@@ -125,7 +127,17 @@ def _data_text(data: Any) -> str:
     return f"`{_text(data)}`"
 
 
-def _quick_start(stage: str) -> list[str]:
+def _quick_start(stage: str, adapter: bool = False) -> list[str]:
+    if adapter:
+        return ["from peft import AutoPeftModelForCausalLM",
+                "from transformers import AutoTokenizer",
+                "",
+                "# the base model recorded in adapter_config.json, with this LoRA adapter on it",
+                'model = AutoPeftModelForCausalLM.from_pretrained("PATH").eval()',
+                'tok = AutoTokenizer.from_pretrained("PATH")',
+                'ids = tok("PROMPT", return_tensors="pt")',
+                'print(tok.decode(model.generate(**ids, max_new_tokens=64)[0]))',
+                "# merge_on_save: PATH/merged is a plain transformers model (base + adapter)"]
     if stage == "rm":
         return ["import torch",
                 "from transformers import AutoModelForSequenceClassification, AutoTokenizer",

@@ -256,3 +256,21 @@ def load_adapter_run(run_dir: str | Path, base: str | Path | None = None, *, tra
         raise ModelError(f"{run}: cannot load the adapter ({type(err).__name__}: {str(err).splitlines()[0]})") from None
     wrapped.get_base_model().eval()
     return wrapped, tokenizer
+
+
+class AdapterSave:
+    """An adapter run as ``save_model_atomic`` saves a model: ``save_pretrained(dir)`` writes :func:`save_adapter`'s
+    files (with ``merged/`` when ``merged``), ``named_parameters``/``named_buffers`` are the adapted model's (for the
+    non-finite check), so the whole directory is still swapped in at once."""
+
+    def __init__(self, peft_model, tokenizer: Any = None, *, merged: bool = False):
+        self.peft_model, self.tokenizer, self.merged = peft_model, tokenizer, merged
+
+    def named_parameters(self):
+        return self.peft_model.named_parameters()
+
+    def named_buffers(self):
+        return self.peft_model.named_buffers()
+
+    def save_pretrained(self, out_dir: str) -> None:
+        save_adapter(self.peft_model, out_dir, self.tokenizer, merged=self.merged)

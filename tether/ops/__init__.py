@@ -39,6 +39,8 @@ from tether.ops.rewards import (
     apply_missing_eos_penalty,
     clip_scores,
     critic_mask,
+    groups_with_signal,
+    overlong_penalty,
     score_index,
     shape_rewards,
     whiten_rewards,

@@ -108,3 +108,42 @@ def whiten_rewards(rewards: Tensor, mask: Tensor) -> Tensor:
     Shapes: rewards, mask (B, R) → (B, R). Reference: ppo_details.md F4.
     """
     return masked_whiten(rewards, mask, shift_mean=False)
+
+
+def overlong_penalty(lengths: Tensor, max_length: int, buffer: int, factor: float = 1.0) -> Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), added to the sequence score:
+
+    ``0`` for ℓ ≤ L_max − L_cache; ``factor · (L_max − L_cache − ℓ) / L_cache`` for L_max − L_cache < ℓ ≤ L_max
+    (linear from 0 down to −factor); ``−factor`` for ℓ > L_max. ℓ: the completion's length in tokens (its EOS
+    included), L_max: ``max_length``, L_cache: ``buffer``.
+
+    Shapes: lengths (B,) int or float → (B,) float32 (float64 for float64 lengths), each in [−factor, 0].
+    Oracle: tests/ops/test_rewards.py::test_overlong_penalty_hand_computed
+    """
+    positive(max_length, "max_length")
+    positive(buffer, "overlong buffer")
+    if buffer > max_length:
+        raise ValueError(f"overlong buffer {buffer} exceeds max_length {max_length}")
+    if factor < 0:
+        raise ValueError(f"overlong penalty factor must be >= 0, got {factor}")
+    if lengths.dim() != 1:
+        raise ValueError(f"lengths must be (B,), got shape {tuple(lengths.shape)}")
+    x = lengths.to(torch.float64 if lengths.dtype == torch.float64 else torch.float32)
+    start = max_length - buffer
+    return (-(x - start).clamp(min=0.0, max=float(buffer)) / buffer * factor).where(x <= max_length,
+                                                                                  torch.full_like(x, -factor))
+
+
+def groups_with_signal(scores: Tensor, group_size: int) -> Tensor:
+    """Which groups of ``group_size`` consecutive scores are not all equal (DAPO's dynamic-sampling filter): a group
+    whose scores are all equal has zero advantage under every group baseline, so it teaches the policy nothing.
+
+    Shapes: scores (B,) with B a multiple of group_size → (B / group_size,) bool.
+    Oracle: tests/ops/test_rewards.py::test_groups_with_signal
+    """
+    positive(group_size, "group_size")
+    if scores.dim() != 1 or scores.shape[0] % group_size:
+        raise ValueError(f"scores must be (B,) with B a multiple of group_size={group_size}, got "
+                         f"{tuple(scores.shape)}")
+    g = scores.view(-1, group_size)
+    return ~(g == g[:, :1]).all(dim=1)

@@ -30,6 +30,21 @@ def row_seed(seed: int, update: int, prompt_index: int, sample: int) -> int:
     return derive_seed(seed, f"sample/{update}/{prompt_index}", sample)
 
 
+def rollout_seeds(seed: int, update: int, prompt_indices: Sequence[int], group_size: int,
+                  seen: Optional[dict[int, int]] = None) -> list[int]:
+    """The :func:`row_seed` of each row of ``prompt_indices`` × ``group_size`` samples (prompt-major). The j-th
+    occurrence of a prompt in one update (a batch larger than the prompt set, or a refill of dynamic sampling) uses
+    sample indices j·G … j·G + G − 1, so it draws new completions. ``seen``: occurrences so far in this update
+    (prompt index → count), updated in place across calls."""
+    seen = {} if seen is None else seen
+    out = []
+    for i in prompt_indices:
+        j = seen.get(i, 0)
+        seen[i] = j + 1
+        out.extend(row_seed(seed, update, i, j * group_size + k) for k in range(group_size))
+    return out
+
+
 def row_uniforms(seeds: Sequence[int], steps: int) -> Tensor:
     """``steps`` uniforms in [0, 1) per row, each row from its own CPU generator seeded with ``seeds[i]``.
     Shapes: B seeds → (B, steps) float64. Row i is the same whatever the other seeds are."""
@@ -93,6 +108,8 @@ def sample(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, seeds: S
     for t in range(response_length):
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, **last)
         cache = out.cache
+        if cache is None:  # decoding one token without its past would be silently wrong
+            raise RuntimeError(f"sample: {type(model).__name__} returned no KV cache with use_cache=True")
         tok, lp = inverse_cdf(out.logits[:, -1], uniforms[:, t], temperature)
         tok = tok.masked_fill(done, pad_token_id)
         tokens[:, t] = tok
