@@ -178,8 +178,8 @@ class PPOTrainer:
             note(f"{self.output_dir / 'final'} holds the finished run ({len(self.history)} updates); nothing to do")
             return self.history
         bar = progress(total=cfg.num_updates, desc="ppo", enabled=cfg.progress and self.dist.is_main, unit="update",
-                       every=self.monitor.cfg.log_every)
-        self.loop.run(self.step, bar, postfix=self.monitor.postfix)
+                       every=getattr(getattr(self.monitor, "cfg", None), "log_every", None))
+        self.loop.run(self.step, bar, postfix=getattr(self.monitor, "postfix", None))  # rank 0 only has a monitor
         if self.loop.step < cfg.num_updates and self.dist.is_main:
             note(f"time_limit_s={cfg.time_limit_s:g} reached after update {self.loop.step} of {cfg.num_updates}; "
                  f"saving {self.output_dir / 'final'}")
