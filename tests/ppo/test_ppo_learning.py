@@ -39,10 +39,13 @@ def test_ppo_raises_a_dense_reward(tmp_path, gpt2_tok, make_eos_llama):
     assert hist[-1]["response/length_mean"] < hist[0]["response/length_mean"]
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"])
-def test_critic_free_estimators_raise_the_reward(tmp_path, gpt2_tok, make_eos_llama, estimator):
-    hist = run(tmp_path, gpt2_tok, make_eos_llama(gpt2_tok, PROMPTS), advantage=estimator, samples_per_prompt=2,
-               rollout_batch_size=8)
+# GRPO's group-normalised advantage is only a sign with groups of 2; with groups of 4 and lr 1e-3 it rises on each of
+# seeds 0-2 (checked when the per-row sampler changed which completions are drawn)
+@pytest.mark.parametrize("estimator,group,lr", [("grpo", 4, 1e-3), ("dr_grpo", 4, 1e-3), ("rloo", 2, 3e-3),
+                                                ("reinforce_pp", 2, 3e-3), ("reinforce_pp_baseline", 2, 3e-3)])
+def test_critic_free_estimators_raise_the_reward(tmp_path, gpt2_tok, make_eos_llama, estimator, group, lr):
+    hist = run(tmp_path, gpt2_tok, make_eos_llama(gpt2_tok, PROMPTS), advantage=estimator, samples_per_prompt=group,
+               rollout_batch_size=16 // group, lr=lr)
     first, last = _mean(hist, "objective/score", slice(0, 2)), _mean(hist, "objective/score", slice(-3, None))
     assert last > first + 0.2, (estimator, first, last)
     assert "value/loss" not in hist[-1]
@@ -51,7 +54,8 @@ def test_critic_free_estimators_raise_the_reward(tmp_path, gpt2_tok, make_eos_ll
 def test_larger_kl_coef_keeps_policy_closer(tmp_path, gpt2_tok, make_eos_llama):
     kls = {}
     for beta in (0.0, 0.5):
+        # lr 1e-3: at 3e-3 some seeds lock onto one answer in update 1, and then no β can act (checked on seeds 0-2)
         hist = run(tmp_path / str(beta), copy.deepcopy(gpt2_tok), make_eos_llama(gpt2_tok, PROMPTS), kl_coef=beta,
-                   num_updates=6)
+                   num_updates=6, lr=1e-3)
         kls[beta] = _mean(hist, "objective/kl", slice(-3, None))
     assert kls[0.5] < kls[0.0], kls
