@@ -116,11 +116,14 @@ def test_sampler_logprobs_equal_training_forward(gpt2_tok, make_llama, make_gpt2
                           micro_batch_size=2, seeds=list(range(len(PROMPTS))))
     with torch.no_grad():
         train = response_logprobs(model, ro.query_response, ro.attention_mask, ro.query_length, 0.6, 3)
+        same_batches = response_logprobs(model, ro.query_response, ro.attention_mask, ro.query_length, 0.6, 2)
     m = ro.response_mask
     assert bool(m.any())
     assert gen_lp.dtype == dtype
     assert float((gen_lp - train).abs().masked_fill(~m, 0).max()) < tol
-    assert torch.equal(ro.logprobs, torch.where(m, train, 0.0))
+    # the rollout's log-probs are that forward, in the rollout's micro-batches (bit-equal only with the same batching:
+    # a matmul's rounding may depend on how many rows it holds)
+    assert torch.equal(ro.logprobs, torch.where(m, same_batches, 0.0))
 
 
 @pytest.mark.parametrize("stop_at_eos", [True, False])

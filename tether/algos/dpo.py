@@ -39,7 +39,7 @@ from tether.data.readers import adopt_chat_template, read_records
 from tether.engine.checkpoint import atomic_write_bytes
 from tether.engine.optim import set_seed
 from tether.engine.outputs import save_model_atomic
-from tether.engine.dist import world_size_from_env
+from tether.engine.dist import setup as setup_dist, world_size_from_env
 from tether.engine.run_dir import DPO_REF_FILE as REF_FILE, read_jsonl, stage_run_dir
 from tether.errors import ConfigError, DataError
 from tether.eval.heldout import BestTracker
@@ -212,7 +212,8 @@ def train_dpo(
         train_records, eval_records = split_eval(all_train, cfg.eval_fraction, cfg.seed)
     model, tokenizer = prepare_causal_lm(cfg, model, tokenizer)
     model = master_weights(model)  # float32 weights and AdamW state; dtype=bfloat16 computes under autocast
-    device = next(model.parameters()).device
+    device = setup_dist(cfg.device).device
+    model.to(device)
     max_length = cfg.max_length
     limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     if isinstance(limit, int) and 0 < limit < max_length:

@@ -11,7 +11,7 @@ from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from tether.config.base import DataSource, OutputDir, StepRun
+from tether.config.base import DataSource, DeviceName, OutputDir, StepRun
 from tether.config.monitor import ReportTo, report_to_field
 
 
@@ -38,6 +38,9 @@ class DPOConfig(StepRun):
     """Allow model code shipped with a checkpoint to run. Off unless you trust the checkpoint."""
     pad_policy: Literal["add", "refuse"] = "add"
     """When the tokenizer has no pad token or pads with EOS: `add` a distinct `<|pad|>` token, or `refuse`."""
+    device: DeviceName = "auto"
+    """Where the policy and the reference run: `auto` (a CUDA GPU when one is visible, else the CPU), `cpu`, `cuda` or
+    `cuda:N`. DPO runs as one process (README, "Devices and several processes")."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Compute dtype: `bfloat16` runs the policy and reference forwards under `torch.autocast` while the weights and
     AdamW state stay float32; log-probabilities and the loss are float32 either way (tether.models.precision)."""

@@ -113,7 +113,7 @@ class Trackers:
 
     # ----------------------------------------------------------------------------------------- start
     def start(self, first_step: Optional[int], config: Mapping[str, Any]) -> None:
-        """Open every tracker; log ``config`` to those whose run is new."""
+        """Open every tracker; log ``config`` to those whose run is new (and to W&B on every start)."""
         from accelerate import PartialState
 
         PartialState()  # accelerate's trackers log through its state (one process here: cheap)
@@ -124,7 +124,9 @@ class Trackers:
             self.open[name] = tracker
             if name != "tensorboard":
                 self.state[name] = {"id": self._run_id(name, tracker), "step": (kept or {}).get("step", 0)}
-            if self.fresh or (kept is None and name != "tensorboard"):  # a new tracker run: its config, once
+            # a new tracker run gets the config once; W&B also on resume: a killed process can lose all it buffered,
+            # the config included, and W&B config updates only overwrite keys with the same values
+            if self.fresh or (kept is None and name != "tensorboard") or name == "wandb":
                 tracker.store_init_configuration(flat_config(config))
         self._write_state()
 
