@@ -100,3 +100,33 @@ def test_pipeline_under_torchrun_gives_the_models_of_one_process(tmp_path, tiny_
     assert proc.stdout.count("[ppo] done") == 1 and proc.stdout.count("[sft] done") == 1
     assert len((two / "ppo" / "metrics.jsonl").read_text().splitlines()) == 1
     assert (two / "ppo" / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("extra,line", [
+    (("advantage=grpo", "samples_per_prompt=2", "dynamic_sampling=true"),
+     "dynamic_sampling: not available on several processes yet"),
+    (("rewards=[{kind: python, path: '_reliability_rewards:noisy_brevity', name: brevity, normalize: batch}]",),
+     "rewards: normalize=batch is not available on several processes yet"),
+], ids=["dynamic_sampling", "normalize_batch"])
+def test_what_several_processes_cannot_do_yet_is_refused_in_one_line(tmp_path, tiny_policy, data_dir, extra, line):
+    """Options whose result would differ per process are refused on both ranks, before anything is written."""
+    out = tmp_path / "run"
+    replaces_rewards = extra[-1].startswith("rewards=")
+    argv = [a for a in ppo_argv(out, tiny_policy, data_dir) if not (replaces_rewards and a.startswith("rewards="))]
+    proc = tether2([*argv, *extra], check=False)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("tether: error:")]
+    assert len(lines) == 2 and all(line in ln for ln in lines), proc.stderr[-3000:]
+    assert not [ln for ln in proc.stderr.splitlines() if '/tether/' in ln and '.py", line' in ln], proc.stderr[-3000:]
+    assert not (out / "metrics.jsonl").exists() and not (out / "final").exists()
+
+
+def test_dpo_is_refused_on_several_processes_in_one_line(tmp_path, tiny_policy, data_dir):
+    from _reliability import dpo_argv
+
+    out = tmp_path / "run"
+    proc = tether2(dpo_argv(out, tiny_policy, data_dir), check=False)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("tether: error:")]
+    assert lines and all("dpo: not available on several processes yet" in ln for ln in lines), proc.stderr[-3000:]
+    assert not (out / "metrics.jsonl").exists()
