@@ -36,20 +36,33 @@ class OfflineRun:
     dist: Dist
     """The processes: each takes its share (:meth:`Dist.share`) of every micro-batch of the global order."""
 
+    sharded: bool = False
+    """The model is sharded (``sharding: fsdp``, tether.engine.sharding): every rank runs every micro-batch."""
+
     def my_group(self, group: list[list[int]]) -> list[list[int]]:
         """This rank's rows of each micro-batch of a step (empty shares dropped)."""
         return [s for s in (self.dist.share(mb) for mb in group) if s]
 
+    def micro_batches(self, group: list[list[int]]) -> list[tuple[list[int], bool]]:
+        """``(rows, counts)`` per micro-batch this rank runs: its share of each (:meth:`my_group`, all counting).
+        A sharded model needs the same forwards and backwards on every rank, so there a rank without rows in a
+        micro-batch runs the first row of it with ``counts`` False: its loss is multiplied by 0 and left out of
+        every statistic."""
+        if not self.sharded:
+            return [(s, True) for s in self.my_group(group)]
+        return [(s, True) if s else (mb[:1], False) for s, mb in ((self.dist.share(mb), mb) for mb in group)]
+
 
 def start_offline_run(run: RunDir, cfg: Any, model: nn.Module, n_rows: int, stage: str, *, heldout: Any = None,
-                      save_best: Any = None, dist: Dist | None = None) -> OfflineRun:
+                      save_best: Any = None, dist: Dist | None = None, sharded: bool = False) -> OfflineRun:
     """The schedule (``num_epochs`` × ⌈micro-batches / ``grad_accum``⌉ steps, at most ``max_steps``), AdamW, the
     learning-rate schedule and the :class:`RunLoop` over ``n_rows`` rows — fresh, or continued from a checkpoint
     (weights, optimizer, schedule, data order, RNG, logs) — watched by the stage logger (TensorBoard,
     ``run_info.json``; the report once the model is saved); ``heldout``/``save_best``: a held-out evaluation the
     loop runs when due and the save of its best result (:meth:`RunLoop.watch`; DPO). With several processes
     (``dist``) the order is the global one (``batch_size`` rows per micro-batch over all processes) and each
-    process trains on its share."""
+    process trains on its share. ``sharded``: the model has been sharded (tether.engine.sharding) before the
+    optimizer is built here on its shards."""
     dist = current(dist)
     total_steps = cfg.num_epochs * math.ceil(math.ceil(n_rows / cfg.batch_size) / cfg.grad_accum)
     if cfg.max_steps is not None:
@@ -69,7 +82,8 @@ def start_offline_run(run: RunDir, cfg: Any, model: nn.Module, n_rows: int, stag
         loop.watch(stage_logger(run.out, cfg, stage), heldout, save_best)
     else:
         loop.watch(NullMonitor())
-    return OfflineRun(loop, optimizer, scheduler, params, order.groups(), total_steps, cfg.max_grad_norm, dist)
+    return OfflineRun(loop, optimizer, scheduler, params, order.groups(), total_steps, cfg.max_grad_norm, dist,
+                      sharded)
 
 
 def offline_step(r: OfflineRun, finite_loss: bool) -> tuple[float, bool]:

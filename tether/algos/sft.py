@@ -28,6 +28,7 @@ from tether.engine.dist import setup as setup_dist
 from tether.engine.optim import set_seed
 from tether.engine.outputs import save_model_atomic
 from tether.engine.run_dir import read_jsonl, stage_run_dir
+from tether.engine.sharding import full_weights, plan as sharding_plan, shard
 from tether.monitor.logger import STAGE_LOG_FILES
 from tether.monitor.trackers import check_stage_trackers
 from tether.config.base import dump
@@ -177,6 +178,7 @@ def train_sft(
     check_stage_trackers(cfg)  # a tracker that is not installed: one line, before anything loads
     out_dir = Path(cfg.output_dir)
     dist = setup_dist(cfg.device)  # the device; under torchrun the processes (tether.engine.dist)
+    sharded = sharding_plan(cfg.sharding, dist)  # an unsupported launcher config: one line, before any file
     run = stage_run_dir(cfg, restart=restart, dist=dist)
     if run.finished:
         return _finished(out_dir)
@@ -187,6 +189,8 @@ def train_sft(
         enable_checkpointing(model)
     device = dist.device
     model.to(device)
+    if sharded:  # FSDP2: each process keeps its shard of the weights, gradients and AdamW state
+        shard(model)
     max_length = cfg.max_length
     limit = _max_positions(model)
     if limit is not None and max_length > limit:
@@ -209,7 +213,7 @@ def train_sft(
     rows = pack_sft(train_ex, max_length) if cfg.packing else train_ex
 
     # 2. schedule and the run: fresh, or continued from a checkpoint
-    r = start_offline_run(run, cfg, model, len(rows), "sft", dist=dist)
+    r = start_offline_run(run, cfg, model, len(rows), "sft", dist=dist, sharded=sharded)
     loop, scheduler, total_steps, groups = r.loop, r.scheduler, r.total_steps, r.groups
     pad_id = tokenizer.pad_token_id
     model.train()
@@ -218,20 +222,24 @@ def train_sft(
     #    loss divided by the target tokens of the whole step over all processes (gradients are summed over them)
     def step() -> None:
         epoch, g, group, n_micro = next(groups)
-        batches = [{k: v.to(device) for k, v in
-                    collate_sft([rows[i] for i in mb], pad_id, completion_only=completion_only).items()}
-                   for mb in r.my_group(group)]
+        planned = [({k: v.to(device) for k, v in
+                     collate_sft([rows[i] for i in mb], pad_id, completion_only=completion_only).items()}, counts)
+                   for mb, counts in r.micro_batches(group)]
+        batches = [b for b, counts in planned if counts]
         n_tokens = int(dist.sum([sum(int(b["loss_mask"][:, 1:].sum()) for b in batches)])[0])
         step_loss, finite = 0.0, True
-        for b in batches:
+        for b, counts in planned:
             with compute_context(cfg.dtype, device):
                 logits = lm_logits(model, b)
             loss = sft_loss(logits, b["labels"], b["loss_mask"], num_tokens=n_tokens)
-            if not bool(torch.isfinite(loss.detach())):  # NaN/Inf guard: no backward, the step is skipped
+            if not counts:  # a sharded model's filler row (OfflineRun.micro_batches): in step, weight 0
+                loss = loss * 0.0
+            elif not bool(torch.isfinite(loss.detach())):  # NaN/Inf guard: no backward, the step is skipped
                 finite = False
-                break
+                if not sharded:
+                    break  # sharded: the backward still runs (FSDP's collectives); the ranks skip the step together
             loss.backward()
-            step_loss += float(loss.detach())
+            step_loss += float(loss.detach()) if counts and finite else 0.0
         lr = scheduler.get_last_lr()[0]
         norm, stepped = offline_step(r, finite)
         step_loss = dist.sum([step_loss])[0] if stepped else step_loss
@@ -257,11 +265,12 @@ def train_sft(
     loop.run(step, bar, postfix=lambda: bar_loss)
     model.eval()
 
-    # 4. save (the main process; the others wait until the model is there)
+    # 4. save (the main process; the others wait until the model is there; a sharded one is gathered first)
+    weights = full_weights(model) if sharded else None
     if dist.is_main:
         save_model_atomic(model, tokenizer, out_dir, extra_files={"tether_config.yaml": dump(cfg),
                                                                   "README.md": model_card("sft", cfg, loop.history)},
-                          keep=("metrics.jsonl", "checkpoints", *STAGE_LOG_FILES))
+                          keep=("metrics.jsonl", "checkpoints", *STAGE_LOG_FILES), state_dict=weights)
     loop.monitor.close()
     dist.barrier()
     return SFTResult(output_dir=out_dir, eval_loss=loop.extra.get("eval_loss"),

@@ -15,7 +15,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationError, WrapValidator
@@ -384,7 +384,8 @@ def help_text(cls: type[BaseModel], width: int | None = None, prefix: str = "", 
 class StepRun(Section):
     """Checkpoint and resume options shared by the step-counted stages (SFT, reward model); docs/reliability.md."""
 
-    SECTIONS: ClassVar[tuple[tuple[str, str], ...]] = (("checkpoints and resume", "resume"),)
+    SECTIONS: ClassVar[tuple[tuple[str, str], ...]] = (("checkpoints and resume", "resume"),
+                                                       ("several processes", "sharding"))
     """`--help` groups: (title, first field); each group runs to the next one's first field."""
 
     resume: ResumeSpec = "auto"
@@ -399,3 +400,9 @@ class StepRun(Section):
     max_consecutive_skips: int = Field(5, ge=1)
     """Stop the run (exit code 3, last checkpoint kept) after this many optimizer steps in a row skipped because the
     loss or a gradient was NaN/Inf."""
+    sharding: Literal["none", "fsdp"] = "none"
+    """Under `torchrun`/`accelerate launch` with several processes: `none` keeps a whole copy of the model, its
+    gradients and AdamW state on every process (data parallel); `fsdp` splits them over the processes (torch FSDP2,
+    one unit per transformer block), for models that do not fit one device; the update is the same either way. The
+    saved files are the same; on one process `fsdp` has no effect. SFT and the reward model (with `normalize:
+    none`); README, "Sharded training (FSDP)"."""

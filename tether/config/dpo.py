@@ -112,6 +112,9 @@ class DPOConfig(StepRun):
 
     @model_validator(mode="after")
     def _check(self) -> "DPOConfig":
+        if self.sharding != "none":
+            raise ValueError(f"sharding={self.sharding}: DPO runs on one process only (see README, \"Sharded "
+                             "training (FSDP)\")")
         if self.max_steps is not None and self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps={self.warmup_steps} must be < max_steps={self.max_steps}")
         if self.eval_file is not None and "eval_fraction" in self.model_fields_set and self.eval_fraction > 0:

@@ -144,10 +144,13 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def check_finite(models: Mapping[str, nn.Module]) -> None:
-    """Raise ``TrainingError`` naming the first parameter or buffer holding NaN/Inf: such weights are never saved."""
+def check_finite(models: Mapping[str, nn.Module | Mapping[str, torch.Tensor]]) -> None:
+    """Raise ``TrainingError`` naming the first parameter or buffer holding NaN/Inf: such weights are never saved.
+    A model is a module or its state dict (the gathered weights of a sharded model)."""
     for what, model in models.items():
-        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        named = ([*model.named_parameters(), *model.named_buffers()] if isinstance(model, nn.Module)
+                 else list(model.items()))
+        for name, tensor in named:
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise TrainingError(f"refusing to save non-finite weights ({what} {name} holds NaN/Inf)")
 
@@ -188,11 +191,16 @@ class Checkpoint:
 
     def load_model(self, name: str, model: nn.Module) -> None:
         """Copy the saved weights ``<name>.safetensors`` into ``model`` (every tensor must match by name and shape)."""
-        from safetensors.torch import load_model
+        from safetensors.torch import load_file, load_model
+
+        from tether.engine.sharding import is_sharded, load_checkpoint_weights
 
         file = self.path / f"{name}.safetensors"
         try:
-            load_model(model, str(file), strict=True, device=str(next(model.parameters()).device))
+            if is_sharded(model):  # every process reads the whole file and keeps its shard
+                load_checkpoint_weights(model, load_file(str(file)))
+            else:
+                load_model(model, str(file), strict=True, device=str(next(model.parameters()).device))
         except Exception as err:  # shape or name mismatch: another model than the one that was saved
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"{file}: does not fit the {name} being trained ({first[:200]})") from None
@@ -214,19 +222,20 @@ def write_checkpoint(
     root: str | Path,
     name: str,
     *,
-    models: Mapping[str, nn.Module],
+    models: Mapping[str, nn.Module | Mapping[str, torch.Tensor]],
     state: Mapping[str, Any],
     files: Mapping[str, bytes],
     meta: Mapping[str, Any],
 ) -> Path:
     """Write checkpoint ``root/name`` atomically (module docstring) and point ``root/latest`` at it.
 
-    ``models``: name → module, each saved as ``<name>.safetensors`` (non-finite weights are refused first);
+    ``models``: name → module, or its state dict as :func:`tether.engine.sharding.checkpoint_weights` gathers it
+    from a sharded model, each saved as ``<name>.safetensors`` (non-finite weights are refused first);
     ``state``: saved with ``torch.save`` (keep it to tensors and plain containers); ``files``: extra files by name
     (log copies); ``meta``: JSON-able fields stored in ``meta.json`` next to the format version and the file list.
     An existing checkpoint of the same name is replaced. Returns the checkpoint's path.
     """
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file, save_model
 
     check_finite(models)
     root = Path(root)
@@ -236,7 +245,10 @@ def write_checkpoint(
     try:
         for key, model in models.items():
             file = tmp / f"{key}.safetensors"
-            save_model(model, str(file))
+            if isinstance(model, nn.Module):
+                save_model(model, str(file))
+            else:
+                save_file(dict(model), str(file), metadata={"format": "pt"})
             _fsync_file(file)
             kill_point(f"checkpoint-write:{name}")  # a half-written checkpoint: weights there, no state or meta yet
         buf = io.BytesIO()

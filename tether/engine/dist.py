@@ -105,6 +105,14 @@ def _collective(fn):
     return wrapper
 
 
+def _is_dtensor(t: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without DTensor has no FSDP2 either
+        return False
+    return isinstance(t, DTensor)
+
+
 @dataclass
 class Dist:
     """The device and the processes of a run (module docstring). ``accelerator``: accelerate's ``Accelerator`` when
@@ -184,10 +192,13 @@ class Dist:
         """Sum every parameter's gradient over ranks, in place, in one flat all-reduce per dtype. A parameter with
         a gradient on some rank gets a zero one where it has none (a rank without rows this step still takes
         part); one without a gradient on every rank keeps none, as on one process. Called once per optimizer
-        step, with the same parameter list on every rank."""
+        step, with the same parameter list on every rank. Parameters sharded by FSDP (``sharding: fsdp``; DTensors)
+        are left alone: FSDP has already summed their gradients in the backward (tether.engine.sharding)."""
         if not self.distributed:
             return
-        params = [p for p in params if p.requires_grad]
+        params = [p for p in params if p.requires_grad and not _is_dtensor(p)]
+        if not params:
+            return
         has = torch.tensor([p.grad is not None for p in params], dtype=torch.float64, device=self.device)
         has = self.accelerator.reduce(has, reduction="max")
         params = [p for p, h in zip(params, has.tolist()) if h > 0]

@@ -35,6 +35,7 @@ from tether.engine.checkpoint import checkpoint_name, kill_point, rng_state, set
 from tether.engine.dist import Dist, current
 from tether.engine.outputs import MetricsWriter
 from tether.engine.preemption import StopRequest
+from tether.engine.sharding import checkpoint_weights, is_sharded, load_optimizer_state, optimizer_state
 from tether.engine.run_dir import RunDir, read_jsonl
 from tether.errors import CheckpointError, Preempted, TrainingError
 
@@ -225,7 +226,11 @@ class RunLoop:
             self.run_dir.check_total(self.total)
         state = self.run_dir.restore(self.models)
         for k, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][k])
+            model = self.models.get(k)
+            if is_sharded(model):  # the whole state, saved by name; each rank keeps its shard
+                load_optimizer_state(model, opt, state["optimizers"][k])
+            else:
+                opt.load_state_dict(state["optimizers"][k])
         for k, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][k])
         for k, obj in self.stateful.items():
@@ -351,12 +356,17 @@ class RunLoop:
                 self.monitor.close(report=False)
             raise
 
+    def _optimizer_state(self, name: str, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """``optimizer.state_dict()``, or the whole state of a sharded model's optimizer (a collective)."""
+        model = self.models.get(name)
+        return optimizer_state(model, optimizer) if is_sharded(model) else optimizer.state_dict()
+
     def save(self) -> Path:
         """Checkpoint the run as it stands: weights, optimizers, schedulers, stateful parts, RNG, counters."""
         state = {
             self.unit: self.step,
             "skip_streak": self.skip_streak,
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "optimizers": {k: self._optimizer_state(k, o) for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             **{k: obj.state_dict() for k, obj in self.stateful.items()},
             "rng": rng_state(),
@@ -365,8 +375,10 @@ class RunLoop:
         }
         if self.dist.distributed:
             state["rng_ranks"] = self.dist.gather(state["rng"])  # each rank resumes its own generators
+        # a sharded model's whole weights, gathered on the main process (every rank takes part)
+        models = {k: checkpoint_weights(m) if is_sharded(m) else m for k, m in self.models.items()}
         if self.dist.is_main:
-            path = self.run_dir.save(self.step, self.models, state, total=self.total, keep=self.keep).path
+            path = self.run_dir.save(self.step, models, state, total=self.total, keep=self.keep).path
         else:
             path = self.run_dir.root / checkpoint_name(self.unit, self.step)
         self.dist.barrier()  # the checkpoint is complete before any rank goes on

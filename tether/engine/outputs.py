@@ -88,6 +88,7 @@ def save_model_atomic(
     *,
     keep: Sequence[str] = ("metrics.jsonl",),
     before_swap: Callable[[Path], None] | None = None,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """``save_pretrained`` (safetensors) of model and tokenizer into a temporary directory beside ``out_dir``, then
     swap it in with ``os.replace``, so ``out_dir`` never holds a half-written model.
@@ -96,11 +97,12 @@ def save_model_atomic(
     ``keep``: files or directories of an existing ``out_dir`` carried into the new one unless the save writes them (by
     default the run's ``metrics.jsonl``; directories such as ``checkpoints`` are hard-linked, copied where links are
     not possible). ``before_swap``: called with the temporary directory once the model is in it, to add more (a
-    critic). Weights holding NaN/Inf are refused (``TrainingError``). An existing ``out_dir`` is first renamed aside
+    critic). ``state_dict``: the weights to write instead of the model's own (a sharded model's, gathered by
+    :func:`tether.engine.sharding.full_weights`). Weights holding NaN/Inf are refused (``TrainingError``). An existing ``out_dir`` is first renamed aside
     and removed once the new one is in place; a crash between those two renames is undone by
     :func:`recover_model_dir`. Returns ``out_dir`` as a Path.
     """
-    check_finite({"model": model})
+    check_finite({"model": model if state_dict is None else state_dict})
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a directory")
@@ -108,7 +110,10 @@ def save_model_atomic(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         with library_bars():  # transformers' "Writing model shards" bar only on a terminal
-            model.save_pretrained(str(tmp))
+            if state_dict is None:
+                model.save_pretrained(str(tmp))
+            else:
+                model.save_pretrained(str(tmp), state_dict=dict(state_dict))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         if before_swap is not None:

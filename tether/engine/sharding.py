@@ -1,0 +1,157 @@
+"""Sharded data parallel (``sharding: fsdp``): the trained model's parameters, gradients and AdamW state split over
+the processes with torch's FSDP2 (``torch.distributed.fsdp.fully_shard``), one unit per transformer block plus the
+root (embeddings, final norm, head).
+
+What stays as in plain data parallel (tether.engine.dist): every process computes the statistics of the whole batch,
+losses are divided by *global* counts and the gradients are **summed** over processes. FSDP reduce-scatters the
+gradients itself during the backward, so :meth:`Dist.sum_gradients` leaves sharded parameters alone, and the
+reduction's divide factor is set to 1 (a sum, not FSDP's default mean): N processes × B/N rows give the update of
+1 process × B rows. ``clip_grad_norm_`` on the sharded gradients gives the global norm.
+
+FSDP runs collectives inside every forward and backward, so every process must run the same forwards and backwards
+in the same order: a process without rows in a micro-batch runs one row of it with weight 0
+(:meth:`tether.algos.offline.OfflineRun.micro_batches`), and evaluations run on every process over the same data.
+
+Files stay those of a one-process run: the main process writes the full (unsharded) weights and AdamW state,
+gathered from the shards (a collective every process joins); a resume reads them on every process and each keeps
+its shard. accelerate's own FSDP plugin is not used (tether never calls ``Accelerator.prepare``, and on the CPU
+accelerate does not turn FSDP on at all); an ``accelerate launch`` FSDP or DeepSpeed config is refused in one line
+(:func:`plan`) rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tether.console import note
+from tether.engine.dist import Dist
+from tether.errors import ConfigError
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes")
+
+
+def plan(sharding: str, dist: Dist) -> bool:
+    """Whether this run shards its trained model: ``sharding`` is ``fsdp`` and several processes run. One process
+    has nothing to shard over: ``fsdp`` then trains as ``none`` (a note says so). An ``accelerate launch`` config
+    that asks for FSDP or DeepSpeed (``ACCELERATE_USE_FSDP`` / ``ACCELERATE_USE_DEEPSPEED`` in the environment) is
+    refused in one line (``ConfigError``): tether reads the choice from its own ``sharding`` option."""
+    if _truthy("ACCELERATE_USE_DEEPSPEED"):
+        raise ConfigError("accelerate config: DeepSpeed is not supported by tether; launch with a plain multi-process "
+                          "config (configs/accelerate/ddp.yaml) and sharding=fsdp to shard the model")
+    if _truthy("ACCELERATE_USE_FSDP") and sharding != "fsdp":
+        raise ConfigError("accelerate config: distributed_type FSDP is not read by tether; set sharding=fsdp "
+                          "(configs/accelerate/fsdp.yaml)")
+    if sharding != "fsdp":
+        return False
+    if not dist.distributed:
+        note("sharding=fsdp: one process, nothing to shard over; training unsharded")
+        return False
+    try:
+        from torch.distributed.fsdp import fully_shard  # noqa: F401  (torch >= 2.6)
+    except ImportError:
+        raise ConfigError(f"sharding=fsdp: needs torch >= 2.6 (FSDP2 fully_shard); this is torch "
+                          f"{torch.__version__}") from None
+    return True
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a Hugging Face model: its modules whose class is in ``_no_split_modules``."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if type(m).__name__ in names and m is not model]
+
+
+def shard(model: nn.Module) -> nn.Module:
+    """``fully_shard`` each transformer block, then the root, with gradients reduced as a sum (module docstring).
+    The model must already be on its device; it is changed in place and returned."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    for block in _blocks(model):
+        fully_shard(block)
+    fully_shard(model)
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)
+    return model
+
+
+def is_sharded(model: Any) -> bool:
+    """True for a model :func:`shard` has sharded."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(model, FSDPModule)
+
+
+def _options(**kw: Any) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def _tied(model: nn.Module) -> dict[str, str]:
+    """Tied parameter names → the name their tensor is saved under (the first in sorted order, as safetensors'
+    ``save_model`` keeps)."""
+    by_param: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_param.setdefault(id(p), []).append(name)
+    out: dict[str, str] = {}
+    for names in by_param.values():
+        keep = sorted(names)[0]
+        out.update({n: keep for n in names if n != keep})
+    return out
+
+
+def full_weights(model: nn.Module) -> dict[str, Tensor]:
+    """The whole model's state dict on the CPU on the main process (``{}`` on the others): a collective every
+    process calls. Tied parameters appear under every name as one tensor, as in ``model.state_dict()`` (so
+    ``save_pretrained`` writes the tied weight once, as it does for an unsharded model)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    sd = get_model_state_dict(model, options=_options(cpu_offload=True))
+    for name, keep in _tied(model).items():
+        if keep in sd:
+            sd[name] = sd[keep]
+    return sd
+
+
+def checkpoint_weights(model: nn.Module) -> dict[str, Tensor]:
+    """:func:`full_weights` as a checkpoint file holds them: a tied tensor once, under the name ``save_model``
+    keeps (a collective every process calls)."""
+    sd = full_weights(model)
+    tied = _tied(model)
+    return {k: v.contiguous() for k, v in sd.items() if k not in tied}
+
+
+def load_checkpoint_weights(model: nn.Module, sd: Mapping[str, Tensor]) -> None:
+    """Load a full state dict (as :func:`checkpoint_weights` wrote it) into the sharded ``model``: each process
+    keeps its shard. Every process passes the whole dict."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    sd = dict(sd)
+    for name, keep in _tied(model).items():
+        if keep in sd:
+            sd[name] = sd[keep]
+    set_model_state_dict(model, sd, options=_options())
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's whole state (keyed by parameter name) on the main process, ``{}`` on the others: a
+    collective every process calls."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """Load what :func:`optimizer_state` gave (every process passes the whole state; each keeps its shard)."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, dict(state), options=_options())
