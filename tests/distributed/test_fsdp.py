@@ -60,3 +60,28 @@ def load_weights_file(path):
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def test_rm_sharded_on_two_processes_equals_one_process(tmp_path):
+    """A decoder reward model (GPT-2 backbone sharded, its score head and final norm whole on each process),
+    normalised with a shift folded into the final norm: as on one process."""
+    from _tiny import toy_pairs
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(10))
+    # 10 pairs, 3 per micro-batch: the last micro-batch has 1 pair, so one process has none in that step
+    cfg = {"train_file": str(data), "batch_size": 3, "grad_accum": 1, "num_epochs": 1, "eval_fraction": 0.0,
+           "lr": 3e-2, "lr_schedule": "constant", "adam_eps": 1e-3, "log_every": 1, "max_length": 24,
+           "checkpoint_every": 2, "normalize": "shift", "max_grad_norm": 0.5, "device": "cpu"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_worker({"stage": "rm", "cfg": {**cfg, "output_dir": str(one)}}, tmp_path, 1)
+    run_worker({"stage": "rm", "cfg": {**cfg, "output_dir": str(two), "sharding": "fsdp"}}, tmp_path, 2)
+    assert_weights_close(load_weights(one), load_weights(two), rtol=1e-6)
+    r1, r2 = records(one), records(two)
+    assert len(r1) == len(r2) == 5  # 4 steps and the normalisation record
+    for a, b in zip(r1[:4], r2[:4]):
+        for k in ("loss", "accuracy", "margin", "grad_norm"):
+            assert b[k] == pytest.approx(a[k], rel=1e-6, abs=1e-9), k
+    assert max(r["grad_norm"] for r in r1[:4]) > 0.5  # the clip acted
+    n1, n2 = r1[4]["normalization"], r2[4]["normalization"]
+    assert n2["folded_into"] == n1["folded_into"] and n2["mean"] == pytest.approx(n1["mean"], rel=1e-6)
+    assert abs(n2["mean_after"]) < 1e-6

@@ -35,6 +35,7 @@ from tether.engine.dist import setup as setup_dist
 from tether.engine.optim import set_seed
 from tether.engine.outputs import MetricsWriter, save_model_atomic
 from tether.engine.run_dir import read_jsonl, stage_run_dir
+from tether.engine.sharding import full_weights, plan as sharding_plan, shard
 from tether.monitor.logger import STAGE_LOG_FILES
 from tether.monitor.trackers import check_stage_trackers
 from tether.config.base import dump
@@ -309,6 +310,7 @@ def train_rm(
     check_stage_trackers(cfg)  # a tracker that is not installed: one line, before anything loads
     out_dir = Path(cfg.output_dir)
     dist = setup_dist(cfg.device)  # the device; under torchrun the processes (tether.engine.dist)
+    sharded = sharding_plan(cfg.sharding, dist)  # an unsupported launcher config: one line, before any file
     run = stage_run_dir(cfg, restart=restart, dist=dist)
     if run.finished:
         return _finished(out_dir)
@@ -320,6 +322,8 @@ def train_rm(
     style = reward_input_style(model)
     device = dist.device
     model.to(device)
+    if sharded:  # FSDP2 (tether.engine.sharding); a decoder's score head is applied outside its backbone's forward
+        shard(model, root=model.base_model if style == "decoder" else None)
     max_length = cfg.max_length
     limit = _max_positions(model)
     if limit is not None and max_length > limit:
@@ -347,7 +351,7 @@ def train_rm(
                     cfg.train_file, cut, len(train_ex), max_length, how)
 
     # 2. schedule and the run: fresh, or continued from a checkpoint
-    r = start_offline_run(run, cfg, model, len(train_ex), "rm", dist=dist)
+    r = start_offline_run(run, cfg, model, len(train_ex), "rm", dist=dist, sharded=sharded)
     loop, scheduler, total_steps, groups = r.loop, r.scheduler, r.total_steps, r.groups
     model.train()
 
@@ -357,18 +361,21 @@ def train_rm(
         epoch, g, group, n_micro = next(groups)
         n_pairs = sum(len(mb) for mb in group)
         step_loss, step_acc, step_margin, finite = 0.0, 0.0, 0.0, True
-        for mb in r.my_group(group):
+        for mb, counts in r.micro_batches(group):
             b = _to(collate_pairs([train_ex[i] for i in mb], pad_id), device)
             with compute_context(cfg.dtype, device):
                 scores = sequence_scores(model, b["input_ids"], b["attention_mask"]).float()
             n = scores.shape[0] // 2
             margin = b["margin"] if cfg.margin_column else None
             loss, stats = bradley_terry_loss(scores[:n], scores[n:], margin)
-            if not bool(torch.isfinite(loss.detach())):  # NaN/Inf guard: no backward, the step is skipped
+            w = n / n_pairs if counts else 0.0  # 0: a sharded model's filler row (OfflineRun.micro_batches)
+            if counts and not bool(torch.isfinite(loss.detach())):  # NaN/Inf guard: the step is skipped
                 finite = False
-                break
-            (loss * (n / n_pairs)).backward()
-            w = n / n_pairs
+                if not sharded:
+                    break  # sharded: the backward still runs (FSDP's collectives); the ranks skip the step together
+            (loss * w).backward()
+            if not (counts and finite):
+                continue
             step_loss += float(loss.detach()) * w
             step_acc += float(stats["accuracy"]) * w
             step_margin += float(stats["margin"]) * w
@@ -426,8 +433,9 @@ def train_rm(
         "max_length": max_length,
         "eval": None if ev is None else {k: ev[k] for k in ("accuracy", "loss", "n", "group_accuracy", "group_n")},
     }
+    weights = full_weights(model) if sharded else None  # a sharded model gathered (every process takes part)
     if dist.is_main:  # one process writes; the others wait until the model is there
-        save_model_atomic(model, tokenizer, out_dir,
+        save_model_atomic(model, tokenizer, out_dir, state_dict=weights,
                           extra_files={"tether_config.yaml": dump(cfg), "tether_rm.json": summary,
                                        "README.md": model_card("rm", cfg, summary["eval"], notes=card_notes(stats))},
                           keep=("metrics.jsonl", "checkpoints", *STAGE_LOG_FILES))

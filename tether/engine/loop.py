@@ -35,7 +35,9 @@ from tether.engine.checkpoint import checkpoint_name, kill_point, rng_state, set
 from tether.engine.dist import Dist, current
 from tether.engine.outputs import MetricsWriter
 from tether.engine.preemption import StopRequest
-from tether.engine.sharding import checkpoint_weights, is_sharded, load_optimizer_state, optimizer_state
+from tether.engine.sharding import (
+    checkpoint_weights, clip_grad_norm, is_sharded, load_optimizer_state, optimizer_state,
+)
 from tether.engine.run_dir import RunDir, read_jsonl
 from tether.errors import CheckpointError, Preempted, TrainingError
 
@@ -87,7 +89,7 @@ def guarded_step(params: Mapping[str, list[nn.Parameter]], optimizers: Mapping[s
             opt.zero_grad(set_to_none=True)
         return StepStatus(False, reason="non-finite loss")
     limit = max_grad_norm or float("inf")
-    norms = {k: float(torch.nn.utils.clip_grad_norm_(ps, limit)) for k, ps in params.items() if ps}
+    norms = {k: clip_grad_norm(ps, limit) for k, ps in params.items() if ps}
     for k, norm in norms.items():
         if not math.isfinite(norm):
             for opt in optimizers.values():

@@ -67,14 +67,24 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names and m is not model]
 
 
-def shard(model: nn.Module) -> nn.Module:
+def shard(model: nn.Module, root: nn.Module | None = None) -> nn.Module:
     """``fully_shard`` each transformer block, then the root, with gradients reduced as a sum (module docstring).
-    The model must already be on its device; it is changed in place and returned."""
+    The model must already be on its device; it is changed in place and returned.
+
+    ``root``: the module whose forward the stage calls (default the model). A decoder reward model calls its
+    backbone and then its score head (``tether.models.scalar.sequence_scores``), so there the root is the backbone:
+    the head, outside it, and the root's own vectors (the final norm, where the score's shift is folded) stay
+    whole on every process, their gradients summed by :meth:`Dist.sum_gradients` — a few thousand numbers."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    for block in _blocks(model):
+    root = model if root is None else root
+    blocks = _blocks(root)
+    for block in blocks:
         fully_shard(block)
-    fully_shard(model)
+    in_blocks = {id(p) for b in blocks for p in b.parameters()}
+    ignored = ({p for p in root.parameters() if id(p) not in in_blocks and p.dim() == 1} if root is not model
+               else None)
+    fully_shard(root, ignored_params=ignored or None)
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)
@@ -82,12 +92,38 @@ def shard(model: nn.Module) -> nn.Module:
 
 
 def is_sharded(model: Any) -> bool:
-    """True for a model :func:`shard` has sharded."""
+    """True for a model :func:`shard` has sharded (some of its modules are FSDP units)."""
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:
         return False
-    return isinstance(model, FSDPModule)
+    return isinstance(model, nn.Module) and any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def clip_grad_norm(params: list[nn.Parameter], limit: float) -> float:
+    """``torch.nn.utils.clip_grad_norm_`` over a model with sharded (DTensor) and whole parameters: the global norm
+    of all gradients (the sharded ones' norm is reduced over the processes), each gradient scaled by
+    ``min(1, limit / (norm + 1e-6))`` as torch does. Returns the norm (NaN/Inf when a gradient is not finite)."""
+    from torch.nn.utils import get_total_norm
+
+    sharded = [p.grad for p in params if p.grad is not None and _is_dtensor(p.grad)]
+    whole = [p.grad for p in params if p.grad is not None and not _is_dtensor(p.grad)]
+    if not sharded or not whole:
+        return float(torch.nn.utils.clip_grad_norm_(params, limit))
+    norm_s = get_total_norm(sharded).full_tensor()
+    norm_w = get_total_norm(whole)
+    total = torch.sqrt(norm_s.to(norm_w) ** 2 + norm_w ** 2)
+    coef = min(1.0, limit / (float(total) + 1e-6))
+    if coef < 1.0:
+        for g in [*sharded, *whole]:
+            g.mul_(coef)
+    return float(total)
 
 
 def _options(**kw: Any) -> Any:
