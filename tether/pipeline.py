@@ -23,7 +23,8 @@ def finished(cfg: Any, *, force: bool = False) -> bool:
 
     from tether.engine.dist import setup
 
-    return stage_run_dir(cfg, restart=force, dist=setup(cfg.device)).finished
+    dist = setup(cfg.device, shards="sharding" in type(cfg).model_fields)
+    return stage_run_dir(cfg, restart=force, dist=dist).finished
 
 
 def _where(output_dir, *models: str) -> str:

@@ -6,11 +6,15 @@ and resumed ends as the uninterrupted one; what tether does not read is refused 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from _dist import HERE, assert_weights_close, load_weights, records, run_worker, torchrun
 
 from _tiny import gpt2_lm, gpt2_tok, toy_sft, write_jsonl
+
+sys.path.insert(0, str(HERE.parent / "reliability"))
+from _reliability import data_dir, dpo_argv, ppo_argv, rm_argv, run_cli, sft_argv, tiny_policy  # noqa: E402,F401
 
 pytestmark = pytest.mark.xdist_group("distributed")
 
@@ -85,3 +89,42 @@ def test_rm_sharded_on_two_processes_equals_one_process(tmp_path):
     n1, n2 = r1[4]["normalization"], r2[4]["normalization"]
     assert n2["folded_into"] == n1["folded_into"] and n2["mean"] == pytest.approx(n1["mean"], rel=1e-6)
     assert abs(n2["mean_after"]) < 1e-6
+
+
+def _cli_error(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert run_cli(argv) != 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("tether: error:"), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("stage,env,line", [
+    ("sft", "ACCELERATE_USE_DEEPSPEED", "accelerate config: DeepSpeed is not supported by tether"),
+    ("rm", "ACCELERATE_USE_FSDP", "distributed_type FSDP is not read by tether; set sharding=fsdp"),
+    ("ppo", "ACCELERATE_USE_FSDP", "distributed_type FSDP is not read by tether; PPO does not shard yet"),
+], ids=["deepspeed", "accelerate_fsdp", "accelerate_fsdp_ppo"])
+def test_accelerate_configs_tether_does_not_read_are_refused_in_one_line(tmp_path, capsys, monkeypatch, tiny_policy,
+                                                                          data_dir, stage, env, line):
+    out = tmp_path / "run"
+    argv = {"sft": sft_argv, "rm": rm_argv, "ppo": ppo_argv}[stage](out, tiny_policy, data_dir)
+    monkeypatch.setenv(env, "true")
+    assert line in _cli_error(capsys, argv)
+    assert not out.exists() or not any(out.iterdir())  # refused before anything is written
+
+
+def test_dpo_refuses_sharding_in_one_line(tmp_path, capsys, tiny_policy, data_dir):
+    out = tmp_path / "run"
+    line = _cli_error(capsys, [*dpo_argv(out, tiny_policy, data_dir), "sharding=fsdp"])
+    assert "sharding=fsdp: DPO runs on one process only" in line
+    assert not out.exists()
+
+
+def test_sharding_on_one_process_has_no_effect(tmp_path, capsys):
+    plain, sharded = tmp_path / "plain", tmp_path / "sharded"
+    _sft(tmp_path, plain, 1, max_steps=2)
+    capsys.readouterr()
+    _sft(tmp_path, sharded, 1, max_steps=2, sharding="fsdp")
+    assert "sharding=fsdp: one process, nothing to shard over" in capsys.readouterr().err
+    a, b = load_weights(plain), load_weights(sharded)
+    assert all(bool((a[k] == b[k]).all()) for k in a)

@@ -309,8 +309,8 @@ def train_rm(
     """
     check_stage_trackers(cfg)  # a tracker that is not installed: one line, before anything loads
     out_dir = Path(cfg.output_dir)
-    dist = setup_dist(cfg.device)  # the device; under torchrun the processes (tether.engine.dist)
-    sharded = sharding_plan(cfg.sharding, dist)  # an unsupported launcher config: one line, before any file
+    dist = setup_dist(cfg.device, shards=True)  # the device; under torchrun the processes (tether.engine.dist)
+    sharded = sharding_plan(cfg.sharding, dist)  # fsdp under several processes
     run = stage_run_dir(cfg, restart=restart, dist=dist)
     if run.finished:
         return _finished(out_dir)

@@ -241,10 +241,31 @@ class Dist:
             self.accelerator.wait_for_everyone()
 
 
-def setup(device: str = "auto") -> Dist:
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes")
+
+
+def check_launcher(stage_shards: bool = True) -> None:
+    """Refuse in one line (``ConfigError``) an ``accelerate launch`` config that asks for DeepSpeed or FSDP
+    (``ACCELERATE_USE_DEEPSPEED`` / ``ACCELERATE_USE_FSDP`` in the environment): tether does not read them (it
+    would silently train unsharded), it reads its own ``sharding`` option. ``stage_shards``: the stage has that
+    option (SFT, reward model); PPO has not."""
+    if _truthy("ACCELERATE_USE_DEEPSPEED"):
+        raise ConfigError("accelerate config: DeepSpeed is not supported by tether; launch with "
+                          "configs/accelerate/ddp.yaml (or fsdp.yaml with sharding=fsdp for SFT and the reward model)")
+    if _truthy("ACCELERATE_USE_FSDP"):
+        how = ("set sharding=fsdp and launch with configs/accelerate/fsdp.yaml" if stage_shards else
+               "PPO does not shard yet; launch with configs/accelerate/ddp.yaml")
+        raise ConfigError(f"accelerate config: distributed_type FSDP is not read by tether; {how}")
+
+
+def setup(device: str = "auto", *, shards: bool = False) -> Dist:
     """The :class:`Dist` of a stage whose ``device`` option is ``device``. Under a launcher with ``WORLD_SIZE`` > 1
     the Accelerator is built (once per process) and each process gets its local GPU (``auto``/``cuda``; an explicit
-    ``cuda:N`` is refused, the launcher assigns them) or the CPU (``cpu``, or ``auto`` without CUDA)."""
+    ``cuda:N`` is refused, the launcher assigns them) or the CPU (``cpu``, or ``auto`` without CUDA). An
+    accelerate FSDP/DeepSpeed config is refused first (:func:`check_launcher`; ``shards``: the stage has a
+    ``sharding`` option)."""
+    check_launcher(stage_shards=shards)
     name = check_device_name(device)
     world = world_size_from_env()
     if world == 1:

@@ -16,12 +16,11 @@ Files stay those of a one-process run: the main process writes the full (unshard
 gathered from the shards (a collective every process joins); a resume reads them on every process and each keeps
 its shard. accelerate's own FSDP plugin is not used (tether never calls ``Accelerator.prepare``, and on the CPU
 accelerate does not turn FSDP on at all); an ``accelerate launch`` FSDP or DeepSpeed config is refused in one line
-(:func:`plan`) rather than silently ignored.
+(:func:`tether.engine.dist.check_launcher`) rather than silently ignored.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,21 +32,10 @@ from tether.engine.dist import Dist
 from tether.errors import ConfigError
 
 
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes")
-
-
 def plan(sharding: str, dist: Dist) -> bool:
     """Whether this run shards its trained model: ``sharding`` is ``fsdp`` and several processes run. One process
-    has nothing to shard over: ``fsdp`` then trains as ``none`` (a note says so). An ``accelerate launch`` config
-    that asks for FSDP or DeepSpeed (``ACCELERATE_USE_FSDP`` / ``ACCELERATE_USE_DEEPSPEED`` in the environment) is
-    refused in one line (``ConfigError``): tether reads the choice from its own ``sharding`` option."""
-    if _truthy("ACCELERATE_USE_DEEPSPEED"):
-        raise ConfigError("accelerate config: DeepSpeed is not supported by tether; launch with a plain multi-process "
-                          "config (configs/accelerate/ddp.yaml) and sharding=fsdp to shard the model")
-    if _truthy("ACCELERATE_USE_FSDP") and sharding != "fsdp":
-        raise ConfigError("accelerate config: distributed_type FSDP is not read by tether; set sharding=fsdp "
-                          "(configs/accelerate/fsdp.yaml)")
+    has nothing to shard over: ``fsdp`` then trains as ``none`` (a note says so). Launcher configs tether does not
+    read were refused by :func:`tether.engine.dist.setup`."""
     if sharding != "fsdp":
         return False
     if not dist.distributed:
