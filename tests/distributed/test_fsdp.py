@@ -128,3 +128,44 @@ def test_sharding_on_one_process_has_no_effect(tmp_path, capsys):
     assert "sharding=fsdp: one process, nothing to shard over" in capsys.readouterr().err
     a, b = load_weights(plain), load_weights(sharded)
     assert all(bool((a[k] == b[k]).all()) for k in a)
+
+
+@pytest.mark.parametrize("recipe,extra", [("ddp", ()), ("fsdp", ("sharding=fsdp",))], ids=["ddp", "fsdp"])
+def test_accelerate_recipes_launch_two_processes_that_train_as_one(tmp_path, tiny_policy, data_dir, recipe, extra):
+    """The launch line of configs/accelerate/<recipe>.yaml (with device=cpu: gloo) gives, in float32, the weights
+    of one process to float reduction order."""
+    import os
+    import subprocess
+
+    root = HERE.parents[1]
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["max_steps=2", "batch_size=4", "grad_accum=1", "num_epochs=1", "eval_fraction=0", "eval_every=null",
+              "lr=3e-3", "device=cpu", *extra]
+    assert run_cli([*sft_argv(one, tiny_policy, data_dir), *common]) == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                               "MASTER_PORT")}
+    env |= {"OMP_NUM_THREADS": "1", "TETHER_DIST_TIMEOUT_S": "60"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(root / "configs" / "accelerate" / f"{recipe}.yaml"), "-m", "tether",
+           *sft_argv(two, tiny_policy, data_dir), *common]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("[sft] done") == 1  # one summary
+    assert "nothing to shard over" not in proc.stderr  # several processes (fsdp on one process says so)
+    assert_weights_close(load_weights(one), load_weights(two), rtol=1e-4)
+    assert len(records(two)) == len(records(one)) == 2
+
+
+def test_the_fsdp_recipe_starts_the_processes_as_the_ddp_one_does():
+    """configs/accelerate/fsdp.yaml sets what ddp.yaml sets (tether shards through its own option), and neither asks
+    accelerate for FSDP or DeepSpeed, which tether refuses."""
+    import yaml
+
+    folder = HERE.parents[1] / "configs" / "accelerate"
+    ddp, fsdp = (yaml.safe_load((folder / f"{n}.yaml").read_text()) for n in ("ddp", "fsdp"))
+    assert ddp == fsdp and ddp["distributed_type"] == "MULTI_GPU" and "fsdp_config" not in ddp
+    assert sorted(p.name for p in folder.iterdir()) == ["ddp.yaml", "fsdp.yaml"]  # no DeepSpeed recipe
+    for n in ("ddp", "fsdp"):
+        text = (folder / f"{n}.yaml").read_text()
+        assert f"accelerate launch --config_file configs/accelerate/{n}.yaml -m tether sft" in text
+    assert "sharding=fsdp" in (folder / "fsdp.yaml").read_text()

@@ -74,8 +74,9 @@ def shard(model: nn.Module, root: nn.Module | None = None) -> nn.Module:
                else None)
     fully_shard(root, ignored_params=ignored or None)
     for m in model.modules():
-        if isinstance(m, FSDPModule):
+        if isinstance(m, FSDPModule):  # a plain SUM: no division, and no PREMUL_SUM (which gloo lacks)
             m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)
     return model
 
 
