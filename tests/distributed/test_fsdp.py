@@ -169,3 +169,18 @@ def test_the_fsdp_recipe_starts_the_processes_as_the_ddp_one_does():
         text = (folder / f"{n}.yaml").read_text()
         assert f"accelerate launch --config_file configs/accelerate/{n}.yaml -m tether sft" in text
     assert "sharding=fsdp" in (folder / "fsdp.yaml").read_text()
+
+
+def test_changing_sharding_on_resume_is_refused_in_one_line(tmp_path, capsys, tiny_policy, data_dir):
+    out = tmp_path / "run"
+    argv = [*sft_argv(out, tiny_policy, data_dir), "max_steps=4", "checkpoint_every=1", "eval_fraction=0",
+            "eval_every=null", "device=cpu"]
+    import os
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "tether", *argv], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TETHER_TEST_KILL_AT": "after-step:2", "OMP_NUM_THREADS": "1",
+                               "PYTHONPATH": str(HERE.parent / "reliability")})
+    assert proc.returncode != 0 and (out / "checkpoints" / "step-000001").is_dir()
+    line = _cli_error(capsys, [*argv, "sharding=fsdp"])
+    assert "made with another config (sharding was 'none', now 'fsdp')" in line, line

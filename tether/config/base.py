@@ -404,5 +404,5 @@ class StepRun(Section):
     """Under `torchrun`/`accelerate launch` with several processes: `none` keeps a whole copy of the model, its
     gradients and AdamW state on every process (data parallel); `fsdp` splits them over the processes (torch FSDP2,
     one unit per transformer block), for models that do not fit one device; the update is the same either way. The
-    saved files are the same; on one process `fsdp` has no effect. SFT and the reward model (with `normalize:
-    none`); README, "Sharded training (FSDP)"."""
+    saved files are the same; on one process `fsdp` has no effect (a note says so). SFT and the reward model; DPO
+    refuses it (README, "Sharded training (FSDP)")."""

@@ -5,7 +5,8 @@ model, tensor and generator of the stage goes to, this process's rank and the nu
 collectives the stages need (sums of gradients and statistics, "does any rank want to stop", the RNG state of every
 rank for a checkpoint). One process (no ``WORLD_SIZE`` > 1 in the environment) needs no process group: the
 collectives are identities. Several processes get their process group from accelerate's ``Accelerator`` (gloo on
-CPU, NCCL on CUDA), built once per process here, so a later FSDP/DeepSpeed setup has one place to hook in.
+CPU, NCCL on CUDA), built once per process here; sharding the trained model over them (``sharding: fsdp``) is
+tether.engine.sharding.
 
 The data-parallel rule of the offline stages: every process computes the same global batch statistics it would on one
 process. Losses are divided by the *global* count (tokens, pairs) and gradients are **summed** over processes once per
