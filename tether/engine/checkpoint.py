@@ -148,8 +148,8 @@ def check_finite(models: Mapping[str, nn.Module | Mapping[str, torch.Tensor]]) -
     """Raise ``TrainingError`` naming the first parameter or buffer holding NaN/Inf: such weights are never saved.
     A model is a module or its state dict (the gathered weights of a sharded model)."""
     for what, model in models.items():
-        named = ([*model.named_parameters(), *model.named_buffers()] if isinstance(model, nn.Module)
-                 else list(model.items()))
+        named = (list(model.items()) if isinstance(model, Mapping)
+                 else [*model.named_parameters(), *model.named_buffers()])
         for name, tensor in named:
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise TrainingError(f"refusing to save non-finite weights ({what} {name} holds NaN/Inf)")
@@ -245,10 +245,10 @@ def write_checkpoint(
     try:
         for key, model in models.items():
             file = tmp / f"{key}.safetensors"
-            if isinstance(model, nn.Module):
-                save_model(model, str(file))
-            else:
+            if isinstance(model, Mapping):  # a sharded model's gathered weights
                 save_file(dict(model), str(file), metadata={"format": "pt"})
+            else:
+                save_model(model, str(file))
             _fsync_file(file)
             kill_point(f"checkpoint-write:{name}")  # a half-written checkpoint: weights there, no state or meta yet
         buf = io.BytesIO()
