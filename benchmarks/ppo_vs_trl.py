@@ -179,13 +179,16 @@ class ForwardCounter:
 
     def __init__(self, full_len: int):
         import gc
+        import warnings
 
         import torch
         from transformers import PreTrainedModel
 
         self.full_len, self._torch = full_len, torch
-        self.trunks = [o for o in gc.get_objects() if isinstance(o, PreTrainedModel)
-                       and isinstance(getattr(o, "layers", None), torch.nn.ModuleList)]
+        with warnings.catch_warnings():  # isinstance() on some lazy module objects warns about deprecated names
+            warnings.simplefilter("ignore")
+            self.trunks = [o for o in gc.get_objects() if isinstance(o, PreTrainedModel)
+                           and isinstance(getattr(o, "layers", None), torch.nn.ModuleList)]
         for t in self.trunks:
             t.register_forward_hook(self._hook, with_kwargs=True)
         self.reset()
