@@ -192,7 +192,7 @@ def tether_worker(model_dir: Path, updates: int, dtype: str, prompts: list[str],
         policy=str(model_dir / "policy"), rewards=[RewardSpec(path=str(model_dir / "reward"))], prompts=None,
         output_dir=out_dir, dtype=dtype, autocast=autocast, num_updates=updates + 1, rollout_batch_size=PROMPTS, num_minibatches=1,
         micro_batch_size=MICRO, num_ppo_epochs=EPOCHS, response_length=RESP_LEN, temperature=0.7,
-        stop_at_eos=False, sample_every=0, progress=False, seed=0,
+        stop_at_eos=False, sample_every=0, progress=False, seed=0, device="cpu",  # a CPU comparison (TRL: use_cpu)
     )
     t0 = time.perf_counter()
     trainer = ppo_mod.PPOTrainer(cfg, prompts=prompts)
