@@ -246,7 +246,8 @@ def variant_config(impl: str, model_dir: Path, updates: int, out_dir: str):
     workload = dict(policy=str(model_dir / "policy"), rewards=[RewardSpec(path=str(model_dir / "reward"))],
                     prompts=None, output_dir=out_dir, num_updates=updates + 1, rollout_batch_size=PROMPTS,
                     num_minibatches=1, num_ppo_epochs=EPOCHS, response_length=RESP_LEN, temperature=0.7,
-                    stop_at_eos=False, sample_every=0, progress=False, seed=0)
+                    stop_at_eos=False, sample_every=0, progress=False, seed=0,
+                    device="cpu")  # a CPU comparison (TRL: use_cpu=True), also where a GPU is visible
     return PPOConfig(**workload, **VARIANTS[impl][1])
 
 

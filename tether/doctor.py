@@ -48,7 +48,8 @@ from tether.errors import TetherError
 from tether.models.forward import causal_lm_logits
 from tether.models.load import ensure_pad_token, resize_for_tokenizer
 from tether.models.scalar import is_decoder_scorer, score_offset, sequence_scores
-from tether.rollout.generate import encode_prompts, generate, response_logprobs
+from tether.engine.dist import resolve_device
+from tether.rollout.generate import encode_prompts, generate, model_device, response_logprobs
 from tether.rewards.reward_model import RewardModelScorer
 from tether.rollout.score import reference_logprobs
 
@@ -191,12 +192,14 @@ def check_padding(model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, p
     was = model.training
     model.eval()
     try:
-        ids, mask = _pad(rows, pad, padding_side)
+        dev = model_device(model)
+        ids, mask = (t.to(dev) for t in _pad(rows, pad, padding_side))
         batch = forward(model, ids, mask).float()
         tok_dev = next_dev = 0.0
         scale = 1.0
         for i, r in enumerate(rows):
-            alone = forward(model, torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long)).float()[0]
+            alone = forward(model, torch.tensor([r], device=dev),
+                            torch.ones(1, len(r), dtype=torch.long, device=dev)).float()[0]
             scale = max(scale, float(alone.abs().max()))
             real = mask[i].bool()
             tok_dev = max(tok_dev, float((batch[i][real] - alone).abs().max()))
@@ -235,7 +238,9 @@ def check_reward_model(model: nn.Module, tokenizer: Any, prompts: Sequence[str],
     ``score_fn(model, ids, mask) -> (B,)`` is the scoring under test (tether's: ``sequence_scores``)."""
     score_fn = score_fn or sequence_scores
     n = min(len(prompts), len(completions))
+    dev = model_device(model)
     ids, mask = encode_for_reward_model(tokenizer, list(prompts[:n]), list(completions[:n]), max_length=max_length)
+    ids, mask = ids.to(dev), mask.to(dev)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = [ids[i][mask[i].bool()].tolist() for i in range(len(ids))]
     was = model.training
@@ -245,14 +250,14 @@ def check_reward_model(model: nn.Module, tokenizer: Any, prompts: Sequence[str],
         scale = max(1.0, float(base.abs().max()))
         devs = {}
         for side in ("left", "right"):
-            ids2, mask2 = _pad(rows, pad, side, extra=3)
+            ids2, mask2 = (t.to(dev) for t in _pad(rows, pad, side, extra=3))
             devs[f"3 extra {side} pads"] = float((score_fn(model, ids2, mask2).float() - base).abs().max())
-        alone = torch.stack([score_fn(model, torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long)).float()[0]
-                             for r in rows])
+        alone = torch.stack([score_fn(model, torch.tensor([r], device=dev),
+                                      torch.ones(1, len(r), dtype=torch.long, device=dev)).float()[0] for r in rows])
         devs["each row alone"] = float((alone - base).abs().max())
-        direct = [_reference_decoder_score(model, torch.tensor([r])) for r in rows]
+        direct = [_reference_decoder_score(model, torch.tensor([r], device=dev)) for r in rows]
         if all(d is not None for d in direct):
-            devs["head at the last real token"] = float((torch.tensor(direct) - alone).abs().max())
+            devs["head at the last real token"] = float((torch.tensor(direct) - alone.cpu()).abs().max())
     finally:
         model.train(was)
     worst = max(devs, key=devs.get)
@@ -446,8 +451,12 @@ def run_checks(cfg: Any, *, policy: Any = None, tokenizer: Any = None, reward: A
     unknown = set(names) - set(ALL_CHECKS)
     if unknown:
         raise ValueError(f"unknown checks {sorted(unknown)}; choose from {', '.join(ALL_CHECKS)}")
+    device = resolve_device(cfg.device)  # a missing GPU: one line, before any model loads
     model, tokenizer, owned = open_policy(policy if policy is not None else cfg.policy, tokenizer,
                                           trust_remote_code=cfg.trust_remote_code, progress=False)
+    if model_device(model) != device:  # the checks run where the run would; a model passed in stays where it is
+        model = (model if owned else copy.deepcopy(model)).to(device)
+        owned = True
     results: list[CheckResult] = []
 
     # pad token: judged on the tokenizer as given; with pad_policy=add tether repairs it, so that is a warning
@@ -520,6 +529,9 @@ def _reward_checks(cfg: Any, reward: Any, tokenizer: Any, texts: list[str], resu
                                    "give a trained reward model (`tether rm`), a Python reward or a judge"))
         return []
     models = [s for s in sources if isinstance(s.fn, RewardModelScorer)]
+    device = resolve_device(cfg.device)
+    for s in models:  # where PPO would score with them (tether.algos.ppo_trainer.place_parts)
+        s.fn.model.to(device)
     if run_check and not models:
         results.append(CheckResult("reward_last_token", "skip",
                                    "no reward model among the reward sources (Python functions and judges read text)"))

@@ -167,6 +167,10 @@ def _bad_cases(tmp: Path, policy: Path, prompts: Path):
         "cuda without a GPU (rm)": (["rm", f"model={policy}", "train_file=x.jsonl", "device=cuda:0"],
                                     "device=cuda:0: CUDA is not available"),
         "cuda without a GPU (ppo)": (["ppo", *ok, "device=cuda"], "device=cuda: CUDA is not available"),
+        "cuda without a GPU (eval)": (["eval", f"policies={{sft: {policy}}}", f"reference={policy}",
+                                       f"prompts={prompts}", f"output_dir={tmp / 'eval-out'}", "device=cuda"],
+                                      "device=cuda: CUDA is not available"),
+        "cuda without a GPU (doctor)": (["doctor", *ok, "device=cuda:0"], "device=cuda:0: CUDA is not available"),
     }
 
 
@@ -174,7 +178,8 @@ CASES = ["unknown option", "unknown flag", "unknown command", "bad value type", 
          "missing config file", "bad yaml", "missing policy dir", "bad override syntax", "override into a scalar",
          "divisibility", "group estimator, one sample", "empty prompt line", "reward not importable", "no reward",
          "pipeline wired key", "sft missing train_file", "demo wired key", "bad device", "cuda without a GPU (sft)",
-         "cuda without a GPU (rm)", "cuda without a GPU (ppo)"]
+         "cuda without a GPU (rm)", "cuda without a GPU (ppo)", "cuda without a GPU (eval)",
+         "cuda without a GPU (doctor)"]
 
 
 @pytest.mark.parametrize("case", CASES)

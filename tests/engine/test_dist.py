@@ -78,3 +78,19 @@ def test_an_explicit_gpu_index_is_refused_under_a_launcher(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="each one takes its own GPU"):
         D.setup("cuda:1")
+
+
+def test_a_later_stage_asking_for_another_device_kind_is_refused(monkeypatch):
+    """Under a launcher the process group is built once, by the first stage (here: on a GPU); a later stage that
+    asks for the CPU gets one line instead of silently running on the GPU (and the other way round)."""
+    class Acc:
+        device, process_index, num_processes = "cuda:0", 0, 2
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(D, "_ACCELERATOR", Acc())
+    with pytest.raises(ConfigError, match="already runs on cuda"):
+        D.setup("cpu")
+    Acc.device = "cpu"
+    monkeypatch.setattr(D.torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ConfigError, match="already runs on cpu"):
+        D.setup("cuda")

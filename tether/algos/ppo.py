@@ -467,6 +467,8 @@ def whole_batch(dist: Dist, s: Scored, seq_kl: Tensor) -> tuple[Scored, Tensor]:
             "exp": {k: getattr(ex, k) for k in ("response_mask", "critic_mask", "logprobs", "ref_logprobs", "values",
                                                  "rewards", "advantages", "returns")},
             "gen_logprobs": s.gen_logprobs, "scores": s.scores, "parts": s.parts, "kl": s.kl, "seq_kl": seq_kl}
+    # on the CPU before pickling: a CUDA tensor would come back on the sending rank's GPU
+    mine = _to_cpu(mine)
     every = dist.gather(mine)
 
     def cat(items: list[Any]) -> Any:
@@ -485,6 +487,15 @@ def whole_batch(dist: Dist, s: Scored, seq_kl: Tensor) -> tuple[Scored, Tensor]:
                     {k: cat([e["parts"][k] for e in every]) for k in s.parts}, cat([e["kl"] for e in every]),
                     s.skip, s.seconds)
     return scored, cat([e["seq_kl"] for e in every])
+
+
+def _to_cpu(obj: Any) -> Any:
+    """``obj`` (nested dicts/lists of tensors and other values) with every tensor moved to the CPU."""
+    if isinstance(obj, Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    return obj
 
 
 def skipped_update(cfg: PPOConfig, reason: str) -> UpdateStats:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from torch import nn
 
 from tether import ops
@@ -30,6 +31,21 @@ from tether.models.card import model_card
 from tether.models.lora import AdapterSave, save_adapter
 from tether.monitor.logger import RunLogger
 from tether.monitor.trackers import check_stage_trackers
+
+
+def place_parts(parts: Any, device: torch.device) -> None:
+    """Move every model of a PPO run to ``device``, in place: the policy (with a shared critic's head and a LoRA
+    adapter, which live on it), the reference, a separate critic and every reward model tether loaded. A reward
+    source that is a plain Python function is not moved; its scores are moved to the device
+    (``tether.rewards.base.combine_scores``)."""
+    from tether.rewards.reward_model import RewardModelScorer
+
+    for model in (parts.policy, parts.reference, parts.critic):
+        if model is not None:
+            model.to(device)
+    for src in parts.rewards:
+        if isinstance(src.fn, RewardModelScorer):
+            src.fn.model.to(device)
 
 
 class PPOTrainer:
@@ -59,9 +75,6 @@ class PPOTrainer:
         check_stage_trackers(cfg)  # a tracker that is not installed: one line, before anything loads
         self.output_dir = Path(cfg.output_dir)
         self.dist = dist = setup_dist(cfg.device)  # under torchrun: the processes, each with its share of prompts
-        if dist.device.type != "cpu":
-            raise ConfigError(f"device={cfg.device}: PPO's rollout does not run on {dist.device.type} yet; use "
-                              "device=cpu (SFT and the reward model train on CUDA)")
         if dist.distributed and any(r.normalize == "batch" for r in cfg.rewards):
             raise ConfigError("rewards: normalize=batch is not available on several processes yet; use one "
                               "process, or normalize=none")
@@ -72,6 +85,7 @@ class PPOTrainer:
         set_seed(derive_seed(cfg.seed, "init", 0))  # torch, and Python/NumPy for rewards that draw from them
         parts = load_ppo_parts(cfg, policy=policy, tokenizer=tokenizer, reward=reward, prompts=prompts,
                                reference=reference, critic=critic)
+        place_parts(parts, dist.device)  # before the optimizers are built over the parameters
         micro = cfg.micro_batch_size
         if micro == "auto":
             micro, line = auto_micro_batch(cfg, parts.policy, parts.reference, parts.critic, parts.rewards)

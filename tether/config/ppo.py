@@ -81,11 +81,14 @@ class PPOConfig(Section):
     """Allow model code shipped with a checkpoint to run. Off unless you trust the checkpoint."""
     pad_policy: Literal["add", "refuse"] = "add"
     """When the tokenizer has no pad token or pads with EOS: `add` a distinct `<|pad|>` token, or `refuse`."""
-    device: DeviceName = "cpu"
-    """Where PPO runs: `cpu` (the default). `auto`, `cuda` and `cuda:N` are accepted by name, but PPO's rollout does
-    not run on CUDA yet, so a CUDA device is refused in one line when the run starts. Under `torchrun`/`accelerate
-    launch` each process samples and trains on its share of the prompts (README, "Devices and several
-    processes")."""
+    device: DeviceName = "auto"
+    """Where PPO runs, every model of it (policy, reference, critic, reward models) and the rollout, scores,
+    advantages and losses: `auto` (CUDA when a GPU is visible, else the CPU), `cpu`, `cuda` or `cuda:N`; a CUDA
+    device that is not there is refused in one line when the run starts. Scores of Python reward functions are moved
+    to the device. The sampled tokens are drawn from uniforms made on the CPU (tether.rollout.sampler), so a seed
+    draws the same completions on every device up to logit rounding. The CUDA path has not been run on a GPU yet
+    (docs/performance.md, "GPU"). Under `torchrun`/`accelerate launch` each process samples and trains on its share
+    of the prompts (README, "Devices and several processes")."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights dtype of the frozen reference and reward models (bfloat16 halves their memory; the KL to the reference
     then carries its rounding). The policy and critic always train in float32."""

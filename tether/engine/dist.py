@@ -278,6 +278,9 @@ def setup(device: str = "auto", *, shards: bool = False) -> Dist:
         raise _cuda_missing(name)
     cpu = name == "cpu" or not torch.cuda.is_available()
     acc = _accelerator(cpu)
+    if (torch.device(acc.device).type == "cpu") != cpu:  # an earlier stage of this command built the group
+        raise ConfigError(f"device={name}: this process already runs on {torch.device(acc.device).type} (an earlier "
+                          "stage's device; one launch has one process group); give every stage the same device")
     return Dist(torch.device(acc.device), rank=acc.process_index, world_size=acc.num_processes, accelerator=acc)
 
 

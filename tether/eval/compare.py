@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 
 from tether.algos.parts import load_policy
 from tether import console
-from tether.config.base import OutputDir, Section
+from tether.config.base import DeviceName, OutputDir, Section
 from tether.console import library_bars
 from tether.console import progress as progress_bar
 from tether.data.readers import load_prompts
@@ -68,6 +68,10 @@ class EvalConfig(Section):
     """Sequences per generate/forward call."""
     seed: int = 0
     """Sampling seed (the same for every policy) and bootstrap seed."""
+    device: DeviceName = "auto"
+    """Where the policies, the reference and the reward model run: `auto` (CUDA when a GPU is visible, else the
+    CPU), `cpu`, `cuda` or `cuda:N`; a CUDA device that is not there is refused in one line. The sampled tokens
+    are drawn from CPU uniforms (tether.rollout.sampler), so they differ across devices only by logit rounding."""
     output_dir: OutputDir = "runs/eval"
     """Where results.json and samples.jsonl are written."""
 
@@ -81,10 +85,10 @@ class EvalConfig(Section):
         return self
 
 
-def _load(path: str, progress: bool = True):
-    """A policy directory ready to sample from (the shared loader), in eval mode."""
+def _load(path: str, progress: bool = True, device: Union[str, torch.device] = "cpu"):
+    """A policy directory ready to sample from (the shared loader), in eval mode, on ``device``."""
     model, tok = load_policy(path, pad_policy="add", progress=progress)
-    return model.eval(), tok
+    return model.eval().to(device), tok
 
 
 def run_dirs(dirs: Union[str, list[str]]) -> list[str]:
@@ -132,9 +136,9 @@ def sample_and_score(model, tok, ref, prompts: list[str], *, response_length: in
         q = ro.query_length
         ref_t = response_logprobs(ref, ro.query_response, ro.attention_mask, q, temperature, micro_batch_size)
         ref_1 = response_logprobs(ref, ro.query_response, ro.attention_mask, q, 1.0, micro_batch_size)
-        kl = torch.where(mask, ro.logprobs - ref_t.float(), 0.0).sum(1)
-        n_tok = mask.sum(1)
-        nll = -torch.where(mask, ref_1.float(), 0.0).sum(1)
+        kl = torch.where(mask, ro.logprobs - ref_t.float(), 0.0).sum(1).cpu()  # one copy per batch, not per row
+        n_tok = mask.sum(1).cpu()
+        nll = -torch.where(mask, ref_1.float(), 0.0).sum(1).cpu()
         for i in range(len(texts)):
             n = int(n_tok[i])
             rows.append({"prompt": texts[i], "completion": ro.completions[i], "tokens": n,
@@ -149,7 +153,7 @@ def evaluate_policies(policies: dict[str, Union[str, list[str]]], prompts: list[
                       reward_model_path: str | None, reference_path: str, n_samples: int = 1, temperature: float = 0.7,
                       seed: int = 0, *, response_length: int = 32, max_prompt_length: int = 128,
                       micro_batch_size: int = 16, output_dir: str | Path | None = None,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, device: Union[str, torch.device] = "cpu") -> dict:
     """Sample ``n_samples`` completions per prompt from each policy, score them, and summarise with bootstrap CIs.
 
     ``policies``: name → a model directory, or a list of directories (one run per training seed). Returns
@@ -160,18 +164,24 @@ def evaluate_policies(policies: dict[str, Union[str, list[str]]], prompts: list[
     Paired differences are ``policy − first policy``, paired per prompt (one prompt resample for both,
     :func:`tether.eval.stats.prompt_bootstrap_diff`); the win rate is the chance that the policy's completion of a
     prompt scores higher than the baseline's (ties ½; :func:`tether.eval.stats.prompt_win_rate`). With
-    ``output_dir``: writes ``results.json`` and ``samples.jsonl`` there.
+    ``output_dir``: writes ``results.json`` and ``samples.jsonl`` there. ``device``: where every model runs (a
+    torch device, or a ``device`` option's spelling, resolved by ``tether.engine.dist.resolve_device``).
     """
     if not policies:
         raise ConfigError("policies: give at least one name: directory")
     if not prompts:
         raise ConfigError("prompts: the prompt set is empty")
+    from tether.engine.dist import resolve_device
+
+    device = device if isinstance(device, torch.device) else resolve_device(str(device))
     judge_fns = {name: get_judge(name) for name in judges}
-    ref, ref_tok = _load(reference_path, progress)
+    ref, ref_tok = _load(reference_path, progress, device)
     if ref.dtype != torch.float32:
         ref = ref.float()
     with library_bars(progress):
         rm = RewardModelScorer.from_path(reward_model_path) if reward_model_path else None
+    if rm is not None:
+        rm.model.to(device)
     texts = [p for p in prompts for _ in range(n_samples)]
     samples: dict[str, list[dict]] = {}
     n_runs = sum(len(run_dirs(d)) for d in policies.values())
@@ -179,7 +189,7 @@ def evaluate_policies(policies: dict[str, Union[str, list[str]]], prompts: list[
     for name, dirs in policies.items():
         samples[name] = []
         for run, path in enumerate(run_dirs(dirs)):
-            model, tok = (ref, ref_tok) if str(path) == str(reference_path) else _load(path, progress)
+            model, tok = (ref, ref_tok) if str(path) == str(reference_path) else _load(path, progress, device)
             if not same_tokenizer(tok, ref_tok):
                 bar.close()
                 raise ModelError(f"{path}: policy {name!r} does not share the reference's tokenizer "
@@ -194,7 +204,7 @@ def evaluate_policies(policies: dict[str, Union[str, list[str]]], prompts: list[
                     r[jn] = float(s)
             if rm is not None:
                 scores = rm([r["prompt"] for r in rows], comps, ended=[r["has_eos"] for r in rows])
-                for r, s in zip(rows, scores.tolist()):
+                for r, s in zip(rows, scores.cpu().tolist()):
                     r["rm"] = float(s)
             for r in rows:
                 r["policy"] = name
@@ -289,6 +299,9 @@ def format_table(results: dict, n_examples: int = 3) -> str:
 
 def run_eval(cfg: EvalConfig) -> dict:
     """Evaluate as an ``EvalConfig`` says, print the table, write results.json and samples.jsonl."""
+    from tether.engine.dist import resolve_device
+
+    device = resolve_device(cfg.device)  # a missing GPU: one line, before any model loads
     for name, dirs in cfg.policies.items():
         for path in run_dirs(dirs):
             if not any((Path(path) / f).is_file() for f in ("config.json", "adapter_config.json")):
@@ -302,6 +315,6 @@ def run_eval(cfg: EvalConfig) -> dict:
     res = evaluate_policies(cfg.policies, prompts, cfg.judges, cfg.reward_model, cfg.reference,
                             cfg.samples_per_prompt, cfg.temperature, cfg.seed, response_length=cfg.response_length,
                             max_prompt_length=cfg.max_prompt_length, micro_batch_size=cfg.micro_batch_size,
-                            output_dir=cfg.output_dir)
+                            output_dir=cfg.output_dir, device=device)
     console.out(format_table(res))
     return res

@@ -28,7 +28,8 @@ from tether.errors import ConfigError, RewardError
 from tether.eval.judges import get_judge
 from tether.records import Rollout
 from tether.rewards.base import combine_scores, import_callable
-from tether.rollout.generate import encode_prompts, generate, pure_sampling, response_logprobs, sampling_config
+from tether.rollout.generate import (encode_prompts, generate, model_device, pure_sampling, response_logprobs,
+                                     sampling_config)
 
 JudgeLike = Union[str, Callable[[list[str]], Any]]
 
@@ -138,6 +139,7 @@ def _seed(seed: int, batch: int) -> int:
 def _greedy(policy: nn.Module, tokenizer: Any, batch, response_length: int, micro_batch_size: int):
     """Greedy completions packaged as a ``Rollout`` (log-probs at T=1)."""
     policy.eval()
+    batch = batch.to(model_device(policy))
     gen = sampling_config(policy, tokenizer, response_length=response_length, temperature=1.0, stop_at_eos=True)
     gen = copy.deepcopy(gen)
     gen.do_sample = False
@@ -150,7 +152,8 @@ def _greedy(policy: nn.Module, tokenizer: Any, batch, response_length: int, micr
                               generation_config=gen)
     q = batch.input_ids.shape[1]
     seq = out.sequences[:, q:]
-    responses = torch.full((seq.shape[0], response_length), tokenizer.pad_token_id, dtype=torch.long)
+    responses = torch.full((seq.shape[0], response_length), tokenizer.pad_token_id, dtype=torch.long,
+                           device=seq.device)
     responses[:, : seq.shape[1]] = seq
     mask, has_eos = ops.response_mask_from_eos(responses, tokenizer.eos_token_id)
     responses = responses.masked_fill(~mask, tokenizer.pad_token_id)

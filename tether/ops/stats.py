@@ -20,7 +20,7 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     var_g = masked_var(returns, mask)
     var_res = masked_var(returns.to(var_g.dtype) - values.to(var_g.dtype), mask)
     if float(var_g) == 0.0:
-        return torch.zeros((), dtype=var_g.dtype)
+        return torch.zeros((), dtype=var_g.dtype, device=var_g.device)
     return 1.0 - var_res / var_g
 
 

@@ -47,22 +47,26 @@ def _as_scores(name: str, raw: Any, n: int, nonfinite: str = "raise") -> Tensor:
 
 def combine_scores(
     sources: list[RewardSource], prompts: list[str], completions: list[str], rollout=None, *,
-    nonfinite: str = "raise",
+    nonfinite: str = "raise", device=None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Call every source, check its output (B finite floats), normalise if asked and sum with weights.
 
-    Returns ``(combined (B,), {name: raw scores (B,)})``; raw per-source scores are what the logs show.
-    ``nonfinite="keep"`` passes NaN/Inf scores through (the PPO trainer then skips the update) instead of raising.
+    Returns ``(combined (B,), {name: raw scores (B,)})``, float32 on ``device`` (default: the rollout's device, or
+    the CPU without a rollout), whatever device a source returned its scores on (a Python list, a reward model on
+    another GPU); raw per-source scores are what the logs show. ``nonfinite="keep"`` passes NaN/Inf scores through
+    (the PPO trainer then skips the update) instead of raising.
     """
     n = len(completions)
-    total = torch.zeros(n)
+    if device is None:
+        device = rollout.response_mask.device if rollout is not None else torch.device("cpu")
+    total = torch.zeros(n, device=device)
     parts: dict[str, Tensor] = {}
     for src in sources:
         if rollout is not None and hasattr(src.fn, "score_rollout"):
             raw = src.fn.score_rollout(rollout)
         else:
             raw = src.fn(prompts, completions)
-        scores = _as_scores(src.name, raw, n, nonfinite)
+        scores = _as_scores(src.name, raw, n, nonfinite).to(device)  # checked on the CPU, then moved
         parts[src.name] = scores
         if src.normalize == "batch" and n > 1:
             scores = (scores - scores.mean()) / (scores.std(unbiased=False) + 1e-8)

@@ -38,6 +38,11 @@ class RewardModelScorer:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         return cls(model, tokenizer, policy_tokenizer)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the reward model is (its inputs are moved there; its scores come back on it)."""
+        return next(self.model.parameters()).device
+
     @torch.no_grad()
     def score_rollout(self, rollout) -> Tensor:
         """Token path: score the post-processed query+response ids directly (same tokenizer only); else the text path,
@@ -48,8 +53,8 @@ class RewardModelScorer:
 
         out = []
         for s in range(0, rollout.query_response.shape[0], self.micro_batch_size):
-            ids = rollout.query_response[s : s + self.micro_batch_size]
-            mask = rollout.attention_mask[s : s + self.micro_batch_size]
+            ids = rollout.query_response[s : s + self.micro_batch_size].to(self.device)
+            mask = rollout.attention_mask[s : s + self.micro_batch_size].to(self.device)
             out.append(sequence_scores(self.model, ids, mask.long()).float())
         return torch.cat(out)
 
@@ -68,5 +73,5 @@ class RewardModelScorer:
             ids, mask = encode_for_reward_model(
                 self.tokenizer, prompts[k], completions[k], max_length=self.max_length, ended=ended[k],
             )
-            out.append(sequence_scores(self.model, ids, mask).float())
+            out.append(sequence_scores(self.model, ids.to(self.device), mask.to(self.device)).float())
         return torch.cat(out)

@@ -24,6 +24,16 @@ class PromptBatch:
     attention_mask: Tensor  # (B, Q) bool
     prompts: list[str]  # B prompts as given
 
+    def to(self, device) -> "PromptBatch":
+        """The same batch with its tensors on ``device`` (the model's: prompts are tokenised on the CPU)."""
+        return PromptBatch(self.input_ids.to(device), self.attention_mask.to(device), self.prompts)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter: where its inputs must be (CPU for a model without parameters)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
 
 def encode_prompts(
     tokenizer, prompts: list[str], texts: list[str], max_length: int, truncation: str = "left"
@@ -115,8 +125,9 @@ def generate(
     Returns the rollout and ``gen_logprobs`` (B, R): the log-probs the sampler itself used, for the
     ``rollout/logprob_mismatch_max`` metric.
     """
-    if seeds is None:
+    if seeds is None:  # from the CPU generator, whatever the device, so torch.manual_seed fixes them everywhere
         seeds = torch.randint(0, 2**63 - 1, (batch.input_ids.shape[0],)).tolist()
+    batch = batch.to(model_device(policy))  # the rollout lives on the policy's device
     was_training = policy.training
     policy.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
