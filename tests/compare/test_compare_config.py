@@ -68,7 +68,7 @@ def test_demo_task_takes_the_demos_paths_and_ppo_settings():
     assert sc.policy == "somewhere/sft" and sc.rewards[0].path == "somewhere/rm"
     assert sc.prompts == "somewhere/data/prompts_train.jsonl"
     assert sc.monitor.eval_prompts == "somewhere/data/prompts_eval.jsonl"
-    assert (sc.kl_coef, sc.response_length, sc.rollout_batch_size, sc.samples_per_prompt) == (0.07, 16, 2, 4)
+    assert (sc.kl_coef, sc.response_length, sc.rollout_batch_size, sc.samples_per_prompt) == (0.1, 16, 2, 4)
     assert c.stage_config("ppo", 1).critic_mode == "shared"
 
 

@@ -120,7 +120,7 @@ DEMO_STAGES: dict[str, dict[str, Any]] = {
     "ppo": {"advantage": "gae", "critic_mode": "shared", "samples_per_prompt": 1, "num_updates": 40,
             "rollout_batch_size": 8, "micro_batch_size": 4, "num_minibatches": 2, "num_ppo_epochs": 2,
             "response_length": 16, "max_prompt_length": 32, "lr": 1e-5, "lr_schedule": "constant",
-            "warmup_updates": 2, "critic_lr": 1e-3, "kl_coef": 0.07, "temperature": 0.7, "sample_every": 4,
+            "warmup_updates": 2, "critic_lr": 1e-3, "kl_coef": 0.1, "temperature": 0.7, "sample_every": 4,
             # held-out judges every 10 updates (on the demo's held-out prompts): the report's √KL view
             "monitor": {"eval_every": 10, "eval_num_prompts": 32, "judges": ["vader", "textblob"]}},
 }
