@@ -102,8 +102,8 @@ def test_aliases_in_nested_sections_and_files(tmp_path):
                                           "ppo.advantage=rloo"])
     assert cfg.ppo.lr == 2e-4 and cfg.sft.batch_size == 3 and cfg.rm.grad_accum == 2
     assert cfg.ppo.samples_per_prompt == 2
-    demo = parse_config("demo", None, ["ppo.beta=0.07", "sft.num_train_epochs=2"])
-    assert demo.ppo.kl_coef == 0.1 and demo.sft.num_epochs == 2
+    demo = parse_config("demo", None, ["ppo.beta=0.08", "sft.num_train_epochs=2"])
+    assert demo.ppo.kl_coef == 0.08 and demo.sft.num_epochs == 2
     y = tmp_path / "trl.yaml"
     y.write_text("learning_rate: 3.0e-6\ncliprange: 0.1\nnum_mini_batches: 2\n")
     cfg = parse_config("ppo", str(y), [])
