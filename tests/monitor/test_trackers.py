@@ -148,3 +148,33 @@ def test_a_missing_tracker_stops_the_cli_before_training_with_exit_2(tmp_path, m
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "report_to: wandb needs the `wandb` package" in err
     assert "tether[trackers]" in err and not (tmp_path / "o").exists()
+
+
+def test_wandb_start_waits_while_a_killed_process_still_holds_the_run(monkeypatch):
+    """A resume right after a SIGKILL can find the run id still held by the killed process's W&B service: the start
+    is retried until it is free, and fails with one line (ConfigError) when it never is; other errors pass through."""
+    import time
+
+    from tether.errors import ConfigError
+    from tether.monitor import trackers as T
+
+    class Busy:
+        init_kwargs = {"id": "abc123"}
+
+        def __init__(self, busy_for: int):
+            self.calls, self.busy_for = 0, busy_for
+
+        def start(self):
+            self.calls += 1
+            if self.calls <= self.busy_for:
+                raise RuntimeError("run ID abc123 is in use")
+
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    t = Busy(2)
+    T._start("wandb", t)
+    assert t.calls == 3
+    monkeypatch.setattr(T, "WANDB_BUSY_WAIT_S", -1.0)
+    with pytest.raises(ConfigError, match="W&B still holds run abc123"):
+        T._start("wandb", Busy(10))
+    with pytest.raises(RuntimeError, match="in use"):
+        T._start("mlflow", Busy(1))  # only W&B is retried

@@ -90,6 +90,31 @@ def flat_config(config: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+
+WANDB_BUSY_WAIT_S = 60.0
+"""How long a resumed run waits for W&B to release a run id that a killed process still holds (its W&B service
+outlives it for a moment) before failing with one line."""
+
+
+def _start(name: str, tracker: Any) -> None:
+    """``tracker.start()``; for W&B, retried while the run id is still "in use" by the service of a process that was
+    killed just before this resume."""
+    import time
+
+    deadline = time.monotonic() + WANDB_BUSY_WAIT_S
+    while True:
+        try:
+            tracker.start()
+            return
+        except Exception as err:  # wandb's ServerResponseError; its module path moves between versions
+            if name != "wandb" or "in use" not in str(err):
+                raise
+            if time.monotonic() > deadline:
+                raise ConfigError(f"report_to: W&B still holds run {tracker.init_kwargs.get('id')} after "
+                                  f"{WANDB_BUSY_WAIT_S:.0f} s ({err}); wait for the killed process's W&B service to "
+                                  "end, then resume again") from None
+            time.sleep(2.0)
+
 class Trackers:
     """The trackers ``names`` for the run in ``run_dir`` (see the module docstring). ``fresh``: the run starts from
     nothing, so new tracker runs are made (else the stored ones are continued); ``wandb_project``: the W&B project
@@ -120,7 +145,7 @@ class Trackers:
         for name in self.names:
             kept = self.state.get(name)
             tracker = getattr(self, f"_make_{name}")(kept, first_step)
-            tracker.start()
+            _start(name, tracker)
             self.open[name] = tracker
             if name != "tensorboard":
                 self.state[name] = {"id": self._run_id(name, tracker), "step": (kept or {}).get("step", 0)}
