@@ -24,6 +24,7 @@ class Rollout:
     prompts: list[str]  # B prompts as the user gave them (before any chat template)
     completions: list[str]  # B decoded completions, truncated at EOS, special tokens removed
     query_length: int  # Q
+    values: Optional[Tensor] = None  # (B, R) float32 V_old from the log-prob forward (shared critic), else None
 
     @property
     def responses(self) -> Tensor:  # (B, R)

@@ -85,3 +85,65 @@ def test_a_fresh_value_head_starts_at_zero(tmp_path, gpt2_tok, make_llama, mode)
     m = t.step()
     assert m["value/mean"] == 0.0
     assert float(t.critic.head.weight.abs().max()) > 0.0
+
+
+def test_one_forward_gives_the_old_logprobs_and_the_shared_critics_values(gpt2_tok, make_llama):
+    """The fused scoring pass of a shared critic equals, bit for bit, the two passes it replaces (the policy's
+    log-probs and the critic's own forward) under the same micro-batching."""
+    from tether.models.value import ValueModel
+    from tether.records import Rollout
+    from tether.rollout.generate import response_logprobs, response_logprobs_and_values
+    from tether.rollout.score import rollout_values
+
+    model = make_llama(len(gpt2_tok), dtype=torch.float64)
+    critic = ValueModel.from_pretrained_model(model)
+    with torch.no_grad():
+        critic.head.weight.normal_()
+        critic.head.bias.fill_(0.3)
+    q, r = 4, 5
+    ids = torch.randint(0, len(gpt2_tok), (3, q + r))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[0, :2] = False  # a left-padded query
+    mask[1, q + 3:] = False  # a response that ended early
+    with torch.no_grad():
+        lp, values = response_logprobs_and_values(model, critic.values_from_hidden, ids, mask, q, 0.7, 2)
+        ro = Rollout(ids, mask, mask[:, q:], mask[:, -1], lp, ["p"] * 3, ["c"] * 3, q)
+        expected = rollout_values(critic, ro, mask[:, q:], 2)
+    assert torch.equal(lp, response_logprobs(model, ids, mask, q, 0.7, 2))
+    assert torch.equal(torch.where(mask[:, q:], values, 0.0), expected)
+
+
+def test_a_shared_critic_costs_no_second_trunk_pass_and_learns_the_same(tmp_path, gpt2_tok, make_llama, monkeypatch):
+    """critic_mode=shared: the rollout's log-prob forward gives the old values too, so the trunk runs once per
+    micro-batch over the rollout (no-grad), not twice; the update is the one the two passes gave (every metric and
+    weight equal)."""
+    import tether.algos.ppo as ppo_mod
+
+    def run(name, fused):
+        tok = copy.deepcopy(gpt2_tok)
+        torch.manual_seed(0)
+        t = make_trainer(tmp_path / name, tok, make_llama(len(tok) + 1), critic_mode="shared", critic_lr=1e-2)
+        calls = []
+
+        def count(mod, args, kwargs):
+            ids = kwargs.get("input_ids")
+            if not torch.is_grad_enabled() and ids is not None and kwargs.get("use_cache") is False:
+                calls.append(ids.shape)
+
+        t.policy.base_model.register_forward_pre_hook(count, with_kwargs=True)
+        original = ppo_mod.generate
+        if not fused:  # the old path: the critic's own forward scores the values
+            monkeypatch.setattr(ppo_mod, "generate", lambda *a, value_head=None, **k: original(*a, **k))
+        m = t.step()
+        monkeypatch.setattr(ppo_mod, "generate", original)
+        return m, calls, torch.cat([p.detach().flatten() for p in t.policy.parameters()])
+
+    m1, fused_calls, w1 = run("fused", True)
+    m2, two_pass_calls, w2 = run("two", False)
+    # no-grad passes without a KV cache (the sampler's use one): 8 rows in micro-batches of 4
+    assert len(fused_calls) == 2 and len(two_pass_calls) == 4
+    assert m1["value/mean"] != 0.0 or m1["value/loss"] > 0
+    for k in m1:
+        if not k.startswith(("time/", "memory/", "perf/")):
+            assert m1[k] == m2[k] or (m1[k] != m1[k] and m2[k] != m2[k]), k
+    assert torch.equal(w1, w2)

@@ -162,6 +162,7 @@ def sample_round(state: PPOState, u: int, idx: list[int], seen: dict[int, int]) 
         rollout, gen_logprobs = generate(
             state.policy, state.tokenizer, batch, response_length=cfg.response_length, temperature=cfg.temperature,
             stop_at_eos=cfg.stop_at_eos, micro_batch_size=state.plan.micro_batch_size, seeds=seeds,
+            value_head=state.critic.values_from_hidden if state.shared else None,
         )
     t_gen = time.perf_counter()
     scores, parts = combine_scores(state.rewards, rollout.prompts, rollout.completions, rollout, nonfinite="keep")
@@ -256,7 +257,9 @@ def collect(state: PPOState, u: int) -> Scored:
         ref_logprobs = reference_logprobs(state.reference, rollout, cfg.temperature, state.plan.micro_batch_size)
     critic_mask = ops.critic_mask(mask, cfg.score_placement)
     values = None
-    if state.critic is not None:
+    if rollout.values is not None:  # a shared critic's old values came with the old log-probs' forward
+        values = torch.where(critic_mask, rollout.values, 0.0)
+    elif state.critic is not None:
         with state.autocast():
             values = rollout_values(state.critic, rollout, critic_mask, state.plan.micro_batch_size)
     # 3. rewards: −β·KL at every token (KL-in-reward) and the score at one index

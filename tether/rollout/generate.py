@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from tether import ops
 from tether.errors import DataError
-from tether.models.forward import causal_lm_logits
+from tether.models.forward import causal_lm_logits, causal_lm_logits_and_hidden
 from tether.records import Rollout
 from tether.rollout.sampler import sample
 
@@ -114,6 +114,7 @@ def generate(
     stop_at_eos: bool,
     micro_batch_size: int,
     seeds: Optional[Sequence[int]] = None,
+    value_head: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> tuple[Rollout, Tensor]:
     """Sample one completion per prompt row with the per-row seeded sampler (:mod:`tether.rollout.sampler`),
     truncate after the first EOS, recompute the old log-probs with the training forward (so the first minibatch has
@@ -122,6 +123,9 @@ def generate(
     ``seeds``: one seed per row (PPO passes :func:`tether.rollout.sampler.row_seed` of each row's prompt index and
     sample index); None draws them from torch's global generator (so ``torch.manual_seed`` before the call fixes
     them, but then a row's completion depends on its place in the batch).
+    ``value_head``: a value head on the policy's own trunk (``critic_mode=shared``, (B, L, d) → (B, L)): the forward
+    that recomputes the old log-probs also gives the old values (``Rollout.values``), so the trunk runs once, not
+    twice, over the rollout.
     Returns the rollout and ``gen_logprobs`` (B, R): the log-probs the sampler itself used, for the
     ``rollout/logprob_mismatch_max`` metric.
     """
@@ -141,7 +145,12 @@ def generate(
     q = batch.input_ids.shape[1]
     query_response = torch.cat([batch.input_ids, responses], dim=1)
     attention_mask = torch.cat([batch.attention_mask, response_mask], dim=1)
-    logprobs = response_logprobs(policy, query_response, attention_mask, q, temperature, micro_batch_size)
+    values = None
+    if value_head is None:
+        logprobs = response_logprobs(policy, query_response, attention_mask, q, temperature, micro_batch_size)
+    else:
+        logprobs, values = response_logprobs_and_values(policy, value_head, query_response, attention_mask, q,
+                                                        temperature, micro_batch_size)
     logprobs = torch.where(response_mask, logprobs, 0.0)
     gen_logprobs = torch.where(response_mask, drawn.logprobs.to(logprobs.dtype), 0.0)
     texts = tokenizer.batch_decode(
@@ -157,6 +166,7 @@ def generate(
         prompts=batch.prompts,
         completions=texts,
         query_length=q,
+        values=values,
     )
     return rollout, gen_logprobs
 
@@ -175,3 +185,20 @@ def response_logprobs(
         logits = causal_lm_logits(model, ids, mask)[:, q - 1 : -1]
         out.append(ops.logprobs_from_logits(logits, ids[:, q:], temperature))
     return torch.cat(out)
+
+
+def response_logprobs_and_values(
+    model: nn.Module, value_head: Callable[[Tensor], Tensor], query_response: Tensor, attention_mask: Tensor, q: int,
+    temperature: float, micro_batch_size: int,
+) -> tuple[Tensor, Tensor]:
+    """:func:`response_logprobs` and a value head's outputs at the same columns from one trunk pass per micro-batch
+    (:func:`tether.models.forward.causal_lm_logits_and_hidden`, what the training forward of a shared critic runs).
+    Shapes: (B, Q+R) → (B, R), (B, R); the values are those of every column, pads included (the caller masks)."""
+    lps, vals = [], []
+    for start in range(0, query_response.shape[0], micro_batch_size):
+        ids = query_response[start : start + micro_batch_size]
+        mask = attention_mask[start : start + micro_batch_size]
+        logits, hidden = causal_lm_logits_and_hidden(model, ids, mask)
+        lps.append(ops.logprobs_from_logits(logits[:, q - 1 : -1], ids[:, q:], temperature))
+        vals.append(value_head(hidden)[:, q - 1 : -1])
+    return torch.cat(lps), torch.cat(vals)

@@ -15,14 +15,16 @@ def select_rows(rollout: Rollout, rows: Tensor) -> Rollout:
     keep = rows.tolist()
     return replace(rollout, query_response=rollout.query_response[rows], attention_mask=rollout.attention_mask[rows],
                    response_mask=rollout.response_mask[rows], has_eos=rollout.has_eos[rows],
-                   logprobs=rollout.logprobs[rows], prompts=[rollout.prompts[i] for i in keep],
+                   logprobs=rollout.logprobs[rows],
+                   values=rollout.values[rows] if rollout.values is not None else None, prompts=[rollout.prompts[i] for i in keep],
                    completions=[rollout.completions[i] for i in keep])
 
 
 def concat_rollouts(rollouts: list[Rollout], pad_token_id: int) -> Rollout:
     """One rollout of the rows of ``rollouts`` in order, their queries left-padded to the longest Q (masked pads, so
     the mask-derived positions of every real token stay as they were). The log-probs are copied as they are: a
-    caller that needs them from the joined batch's own forward recomputes them."""
+    caller that needs them from the joined batch's own forward recomputes them; values are dropped (None: the
+    critic's scoring pass recomputes them on the joined batch)."""
     q = max(r.query_length for r in rollouts)
 
     def pad(r: Rollout, x: Tensor, value) -> Tensor:
