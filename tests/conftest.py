@@ -10,6 +10,15 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_wandb_service(monkeypatch):
+    """W&B puts its service's address in ``WANDB_SERVICE`` once a process has started a run, and every child process
+    inherits it: a CLI child of a later test would then open its run in this worker's service, which outlives the
+    child when a test kills it and holds the run id for good (a resume then waits in vain). Each test starts without
+    it (monkeypatch also drops what a test's own W&B run sets), so a child has its own service, as a real run does."""
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
 @pytest.fixture(scope="session")
 def _gpt2_tokenizer_proto():
     from tether.assets.gpt2_tokenizer import gpt2_tokenizer
