@@ -49,13 +49,29 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _at_default(cfg: BaseModel, name: str, value: Any) -> bool:
+    """``value`` (JSON form) is field ``name``'s default: a field a later version added, left at its default, is
+    not a change of a run made before it existed."""
+    field = type(cfg).model_fields.get(name)
+    if field is None or field.is_required():
+        return False
+    default = field.get_default(call_default_factory=True)
+    try:
+        as_json = json.loads(json.dumps(default.model_dump(mode="json") if isinstance(default, BaseModel) else default))
+    except (TypeError, ValueError):
+        return False
+    return as_json == value
+
+
 def config_change(saved: Mapping[str, Any], cfg: BaseModel) -> Optional[str]:
-    """None when ``cfg`` may continue a run made with config ``saved``; else a short reason naming the field."""
+    """None when ``cfg`` may continue a run made with config ``saved``; else a short reason naming the field. A field
+    missing from ``saved`` counts as changed only when ``cfg`` sets it to something other than its default."""
     current = _json_config(cfg)
     safe = getattr(type(cfg), "RESUME_SAFE", frozenset())
     length = getattr(type(cfg), "RUN_LENGTH", frozenset())
     changed = [k for k in sorted(set(saved) | set(current))
-               if k not in safe and saved.get(k, _MISSING) != current.get(k, _MISSING)]
+               if k not in safe and saved.get(k, _MISSING) != current.get(k, _MISSING)
+               and not (k not in saved and _at_default(cfg, k, current.get(k, _MISSING)))]
     for k in changed:
         if k not in length:
             old = "unset" if k not in saved else _short(saved[k])
