@@ -90,7 +90,6 @@ def flat_config(config: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-
 WANDB_BUSY_WAIT_S = 60.0
 """How long a resumed run waits for W&B to release a run id that a killed process still holds (its W&B service
 outlives it for a moment) before failing with one line."""
@@ -114,6 +113,7 @@ def _start(name: str, tracker: Any) -> None:
                                   f"{WANDB_BUSY_WAIT_S:.0f} s ({err}); wait for the killed process's W&B service to "
                                   "end, then resume again") from None
             time.sleep(2.0)
+
 
 class Trackers:
     """The trackers ``names`` for the run in ``run_dir`` (see the module docstring). ``fresh``: the run starts from

@@ -145,12 +145,8 @@ def generate(
     q = batch.input_ids.shape[1]
     query_response = torch.cat([batch.input_ids, responses], dim=1)
     attention_mask = torch.cat([batch.attention_mask, response_mask], dim=1)
-    values = None
-    if value_head is None:
-        logprobs = response_logprobs(policy, query_response, attention_mask, q, temperature, micro_batch_size)
-    else:
-        logprobs, values = response_logprobs_and_values(policy, value_head, query_response, attention_mask, q,
-                                                        temperature, micro_batch_size)
+    logprobs, values = response_logprobs_and_values(policy, value_head, query_response, attention_mask, q,
+                                                    temperature, micro_batch_size)
     logprobs = torch.where(response_mask, logprobs, 0.0)
     gen_logprobs = torch.where(response_mask, drawn.logprobs.to(logprobs.dtype), 0.0)
     texts = tokenizer.batch_decode(
@@ -178,27 +174,26 @@ def response_logprobs(
 
     Logits at column j score the token at column j+1, so the response slice is ``[q-1 : -1]`` (ppo_details.md §0).
     """
-    out = []
-    for start in range(0, query_response.shape[0], micro_batch_size):
-        ids = query_response[start : start + micro_batch_size]
-        mask = attention_mask[start : start + micro_batch_size]
-        logits = causal_lm_logits(model, ids, mask)[:, q - 1 : -1]
-        out.append(ops.logprobs_from_logits(logits, ids[:, q:], temperature))
-    return torch.cat(out)
+    return response_logprobs_and_values(model, None, query_response, attention_mask, q, temperature,
+                                        micro_batch_size)[0]
 
 
 def response_logprobs_and_values(
-    model: nn.Module, value_head: Callable[[Tensor], Tensor], query_response: Tensor, attention_mask: Tensor, q: int,
-    temperature: float, micro_batch_size: int,
-) -> tuple[Tensor, Tensor]:
-    """:func:`response_logprobs` and a value head's outputs at the same columns from one trunk pass per micro-batch
-    (:func:`tether.models.forward.causal_lm_logits_and_hidden`, what the training forward of a shared critic runs).
-    Shapes: (B, Q+R) → (B, R), (B, R); the values are those of every column, pads included (the caller masks)."""
+    model: nn.Module, value_head: Optional[Callable[[Tensor], Tensor]], query_response: Tensor, attention_mask: Tensor,
+    q: int, temperature: float, micro_batch_size: int,
+) -> tuple[Tensor, Optional[Tensor]]:
+    """:func:`response_logprobs` and, with ``value_head``, the head's outputs at the same columns from the same trunk
+    pass per micro-batch (:func:`tether.models.forward.causal_lm_logits_and_hidden`, what the training forward of a
+    shared critic runs). Shapes: (B, Q+R) → (B, R), (B, R) or None; the values are those of every column, pads
+    included (the caller masks)."""
     lps, vals = [], []
     for start in range(0, query_response.shape[0], micro_batch_size):
         ids = query_response[start : start + micro_batch_size]
         mask = attention_mask[start : start + micro_batch_size]
-        logits, hidden = causal_lm_logits_and_hidden(model, ids, mask)
+        if value_head is None:
+            logits = causal_lm_logits(model, ids, mask)
+        else:
+            logits, hidden = causal_lm_logits_and_hidden(model, ids, mask)
+            vals.append(value_head(hidden)[:, q - 1 : -1])
         lps.append(ops.logprobs_from_logits(logits[:, q - 1 : -1], ids[:, q:], temperature))
-        vals.append(value_head(hidden)[:, q - 1 : -1])
-    return torch.cat(lps), torch.cat(vals)
+    return torch.cat(lps), (torch.cat(vals) if vals else None)

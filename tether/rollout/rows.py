@@ -16,8 +16,8 @@ def select_rows(rollout: Rollout, rows: Tensor) -> Rollout:
     return replace(rollout, query_response=rollout.query_response[rows], attention_mask=rollout.attention_mask[rows],
                    response_mask=rollout.response_mask[rows], has_eos=rollout.has_eos[rows],
                    logprobs=rollout.logprobs[rows],
-                   values=rollout.values[rows] if rollout.values is not None else None, prompts=[rollout.prompts[i] for i in keep],
-                   completions=[rollout.completions[i] for i in keep])
+                   values=rollout.values[rows] if rollout.values is not None else None,
+                   prompts=[rollout.prompts[i] for i in keep], completions=[rollout.completions[i] for i in keep])
 
 
 def concat_rollouts(rollouts: list[Rollout], pad_token_id: int) -> Rollout:
