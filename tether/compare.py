@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -297,11 +298,13 @@ def train_runs(cfg: CompareConfig) -> dict[str, dict[int, Path]]:
             if finished(sc):
                 console.out(f"[compare] {i}/{n} {m} seed {seed}: finished run reused ({final})")
                 out[m][seed] = final
-                continue
-            console.out(f"[compare] {i}/{n} {m} seed {seed}: training -> {sc.output_dir}")
-            t0 = time.perf_counter()
-            out[m][seed] = TRAINERS[METHODS[m].stage](sc)
-            console.out(f"[compare] {m} seed {seed}: done in {time.perf_counter() - t0:.0f}s")
+            else:
+                console.out(f"[compare] {i}/{n} {m} seed {seed}: training -> {sc.output_dir}")
+                t0 = time.perf_counter()
+                out[m][seed] = TRAINERS[METHODS[m].stage](sc)
+                console.out(f"[compare] {m} seed {seed}: done in {time.perf_counter() - t0:.0f}s")
+            if not cfg.keep_run_checkpoints:  # a finished run is reused from final/; its checkpoints only take disk
+                shutil.rmtree(Path(sc.output_dir) / "checkpoints", ignore_errors=True)
     return out
 
 

@@ -96,11 +96,15 @@ def test_an_interrupted_compare_continues(task, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(compare.TRAINERS, "ppo", crash_on_second)
     assert main(argv) == 1
     assert "simulated crash" in capsys.readouterr().err and not (out / "compare.json").exists()
+    # the finished run kept final/ and lost its checkpoints (one per update was written: checkpoint_every=1)
+    seed0 = out / "rloo" / "seed0"
+    assert (seed0 / "final" / "config.json").is_file() and not (seed0 / "checkpoints").exists()
     monkeypatch.setitem(compare.TRAINERS, "ppo", real)
-    assert main(argv) == 0, capsys.readouterr().err
+    assert main([*argv, "keep_run_checkpoints=true"]) == 0, capsys.readouterr().err
     said = capsys.readouterr().out
     assert "1/2 rloo seed 0: finished run reused" in said and "2/2 rloo seed 1: training" in said
     assert json.loads((out / "compare.json").read_text())["methods"]["rloo"]["budget"]["updates"] == [2]
+    assert any((out / "rloo" / "seed1" / "checkpoints").iterdir())  # the same settings write them; kept when asked
 
 
 @pytest.mark.parametrize("bad, expected", [

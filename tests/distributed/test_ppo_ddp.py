@@ -5,6 +5,8 @@ with sampling, to 1e-6 relative, and the logged statistics of the whole batch; r
 from __future__ import annotations
 
 import pytest
+from safetensors.torch import load_file
+
 from _dist import assert_weights_close, load_weights, records, run_worker
 
 COMMON = {"num_updates": 2, "rollout_batch_size": 4, "num_minibatches": 2, "micro_batch_size": 2,
@@ -18,11 +20,15 @@ KEYS = ("objective/score", "objective/kl", "objective/kl_coef", "objective/entro
 pytestmark = pytest.mark.xdist_group("distributed")
 
 
-@pytest.mark.parametrize("estimator", ["gae", "grpo"])
+@pytest.mark.parametrize("estimator", ["gae", "gae-separate", "grpo"])
 def test_ppo_two_processes_equal_one_process(tmp_path, estimator):
-    cfg = dict(COMMON, advantage=estimator)
-    if estimator == "gae":
+    """``gae``: the default critic, a value head on the policy's trunk; ``gae-separate``: its own model (DDP-wrapped
+    on its own)."""
+    cfg = dict(COMMON, advantage=estimator.split("-")[0])
+    if estimator.startswith("gae"):
         cfg |= {"kl_controller": "adaptive", "kl_target": 0.001, "kl_horizon": 20, "whiten_rewards": True}
+        if estimator == "gae-separate":
+            cfg |= {"critic_mode": "separate"}
     else:
         cfg |= {"samples_per_prompt": 2}
     outs = {}
@@ -30,9 +36,12 @@ def test_ppo_two_processes_equal_one_process(tmp_path, estimator):
         outs[nproc] = tmp_path / f"out{nproc}"
         run_worker({"stage": "ppo", "cfg": {**cfg, "output_dir": str(outs[nproc])}}, tmp_path, nproc)
     assert_weights_close(load_weights(outs[1] / "final"), load_weights(outs[2] / "final"), rtol=1e-6)
-    if estimator == "gae":
+    if estimator == "gae-separate":
         assert_weights_close(load_weights(outs[1] / "final" / "critic"), load_weights(outs[2] / "final" / "critic"),
                              rtol=1e-6)
+    elif estimator == "gae":
+        heads = [load_file(str(outs[n] / "final" / "critic" / "value_head.safetensors")) for n in (1, 2)]
+        assert_weights_close(*heads, rtol=1e-6)
     r1, r2 = records(outs[1]), records(outs[2])
     assert len(r1) == len(r2) == 2
     for a, b in zip(r1, r2):

@@ -71,7 +71,7 @@ def test_ppo_run_is_quiet_off_a_terminal(tmp_path, capfd, gpt2_tok, make_llama):
     from tether.config.ppo import PPOConfig
 
     cfg = PPOConfig(output_dir=str(tmp_path / "run"), rollout_batch_size=4, micro_batch_size=4, response_length=6,
-                    num_updates=2, num_ppo_epochs=1, checkpoint_every=1)
+                    num_updates=2, num_ppo_epochs=1, checkpoint_every=1, critic_mode="separate")
     PPOTrainer(cfg, policy=make_llama(len(gpt2_tok) + 1), tokenizer=gpt2_tok,
                reward=lambda p, c: [float(len(x)) for x in c], prompts=["The movie was", "I think"]).train()
     err = capfd.readouterr().err

@@ -1,4 +1,4 @@
-"""The critic's two layouts: a separate value model (default) and a value head on the policy's trunk."""
+"""The critic's two layouts: a value head on the policy's trunk (default) and a separate value model."""
 
 from __future__ import annotations
 
@@ -63,8 +63,21 @@ def test_value_loss_reaches_the_policy_only_when_shared(tmp_path, gpt2_tok, make
 
 
 def test_shared_with_a_critic_directory_is_refused():
-    with pytest.raises(ValueError, match="critic_mode=shared"):
-        PPOConfig(critic="runs/rm", critic_mode="shared")
+    for kw in ({"critic_mode": "shared"}, {}):  # the default is shared: the message says how to get a separate one
+        with pytest.raises(ValueError, match="critic: a critic directory needs critic_mode=separate"):
+            PPOConfig(critic="runs/rm", **kw)
+    assert PPOConfig(critic="runs/rm", critic_mode="separate").critic == "runs/rm"
+
+
+def test_the_default_trainer_has_no_second_trunk(tmp_path, gpt2_tok, make_llama):
+    """PPOConfig's defaults (only the run's sizes set): the critic is a value head on the policy's trunk, so the
+    models held are the policy and the reference only, and the critic's optimizer holds the head alone."""
+    trainer = make_trainer(tmp_path, gpt2_tok, make_llama(len(gpt2_tok) + 1), num_updates=1)
+    assert trainer.cfg.critic_mode == "shared"
+    assert trainer.critic.trunk is trainer.policy.base_model
+    held = {id(p) for g in trainer.optimizers["critic"].param_groups for p in g["params"]}
+    assert held == {id(p) for p in trainer.critic.head.parameters()}
+    assert trainer.ref is not trainer.policy and trainer.critic.trunk is not trainer.ref.base_model
 
 
 def test_shared_critic_learns_values(tmp_path, gpt2_tok, make_llama):

@@ -138,7 +138,8 @@ def test_lora_final_is_an_adapter_run_that_eval_and_doctor_load(tmp_path, gpt2_t
 def test_critic_lora_trains_only_its_adapter_and_head(tmp_path, gpt2_tok, make_llama):
     """critic_lora: the separate critic's trunk base stays frozen, its adapter and head move; the policy (full
     fine-tuning here) is untouched by it."""
-    tr = make(tmp_path, gpt2_tok, make_llama(len(gpt2_tok) + 1), length_reward, critic_lora=LORA, critic_lr=1e-2)
+    tr = make(tmp_path, gpt2_tok, make_llama(len(gpt2_tok) + 1), length_reward, critic_lora=LORA, critic_lr=1e-2,
+              critic_mode="separate")
     trainable = {n for n, p in tr.critic.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
     before = {n: p.detach().clone() for n, p in tr.critic.named_parameters()}
@@ -153,7 +154,8 @@ def test_critic_lora_trains_only_its_adapter_and_head(tmp_path, gpt2_tok, make_l
     ({"policy_lora": {"dropout": 0.1}}, "policy_lora.dropout=0.1: PPO needs 0"),
     ({"policy_lora": {}, "reference": "ref"}, "reference: cannot be used with policy_lora"),
     ({"critic_lora": {}, "critic_mode": "shared"}, "critic_lora: needs critic_mode=separate"),
-    ({"critic_lora": {}, "advantage": "grpo", "samples_per_prompt": 2}, "critic_lora: advantage=grpo uses no critic"),
+    ({"critic_lora": {}, "critic_mode": "separate", "advantage": "grpo", "samples_per_prompt": 2},
+     "critic_lora: advantage=grpo uses no critic"),
     ({"micro_batch_size": 0}, "micro_batch_size: must be a positive integer or auto"),
 ])
 def test_lora_and_memory_options_refused_in_one_line(bad, message):

@@ -34,9 +34,10 @@ ARGV = {"ppo": ppo_argv, "sft": sft_argv, "rm": rm_argv}
 
 
 def model_files(stage: str, out: Path) -> list[Path]:
-    if stage == "ppo":
-        return [out / "final" / "model.safetensors", out / "final" / "critic" / "model.safetensors",
-                out / "final" / "critic" / "value_head.safetensors"]
+    if stage == "ppo":  # the policy and the critic as saved (the default shared critic: its value head only)
+        critic = sorted((out / "final" / "critic").glob("*.safetensors"))
+        assert critic, f"{out}: no critic saved"
+        return [out / "final" / "model.safetensors", *critic]
     return [out / "model.safetensors"]
 
 

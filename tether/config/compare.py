@@ -157,6 +157,10 @@ class CompareConfig(Section):
     output_dir: OutputDir = "runs/compare"
     """Runs go to `<output_dir>/<method>/seed<k>/`, the evaluation to `eval/`, the report to compare.json,
     compare.md and frontier.html."""
+    keep_run_checkpoints: bool = False
+    """Keep each finished run's `checkpoints/` (what only resuming an unfinished run needs: the weights and
+    optimizer state every `checkpoint_every` updates, about 3 GB per SmolLM2 run). false: deleted once the run's
+    `final/` is saved (`final/` and `best/` stay), so a 15-run comparison needs about 15 GB of disk, not 60."""
     quick: bool = False
     """Smoke-size comparison (`tether.config.compare.COMPARE_QUICK`: 2 seeds × 5 updates, smaller evaluations);
     same as --quick. Values you give win."""

@@ -54,11 +54,13 @@ class PPOConfig(Section):
     reference: Optional[str] = None
     """Directory of the frozen reference policy; default: a frozen copy of the initial policy."""
     critic: Optional[str] = None
-    """Directory to initialise the critic from; default: the reward model when it shares the policy's tokenizer,
-    else the policy (a fresh value head either way)."""
-    critic_mode: Literal["separate", "shared"] = "separate"
-    """`separate`: the critic is its own model (default; N+). `shared`: a value head on the policy's own trunk, one
-    forward for logits and values and no second model in memory; the value loss then also trains the trunk."""
+    """With `critic_mode: separate`: the directory to initialise the critic from; default: the reward model when it
+    shares the policy's tokenizer, else the policy (a fresh value head either way)."""
+    critic_mode: Literal["separate", "shared"] = "shared"
+    """`shared` (default): a value head on the policy's own trunk, one forward for logits and values and no second
+    model in memory; the value loss then also trains the trunk (vf_coef weighs it). `separate`: the critic is its
+    own model, initialised from `critic`, the reward model or the policy (N+, Stiennon et al.; the `nplus`, `trl`,
+    `openrlhf` and `verl_ppo` presets). Why shared is the default: docs/performance.md, "The defaults"."""
     policy_lora: Optional[LoraConfig] = None
     """Train a LoRA adapter (through peft) instead of every weight of the policy: `r`, `alpha`, `dropout` (must be
     0), `target_modules`, `merge_on_save`. The reference is then the same model with the adapter switched off (no
@@ -309,8 +311,8 @@ class PPOConfig(Section):
         if self.advantage in GROUP and self.samples_per_prompt < 2:
             raise ValueError(f"advantage={self.advantage} needs samples_per_prompt >= 2 (a group baseline of one is 0)")
         if self.critic_mode == "shared" and self.critic:
-            raise ValueError("critic: a critic directory cannot be used with critic_mode=shared (the value head sits "
-                             "on the policy's trunk); remove one of them")
+            raise ValueError("critic: a critic directory needs critic_mode=separate (the default, shared, puts the "
+                             "value head on the policy's trunk); set critic_mode=separate or remove critic")
         if self.policy_lora is not None:
             if self.policy_lora.dropout > 0:
                 raise ValueError(f"policy_lora.dropout={self.policy_lora.dropout}: PPO needs 0 (a dropout makes the "
@@ -320,8 +322,8 @@ class PPOConfig(Section):
                                  "adapter switched off); remove one of them")
         if self.critic_lora is not None:
             if self.critic_mode == "shared":
-                raise ValueError("critic_lora: needs critic_mode=separate (a shared critic is a value head on the "
-                                 "policy's trunk, trained with the policy's adapter)")
+                raise ValueError("critic_lora: needs critic_mode=separate (the default, shared, is a value head on "
+                                 "the policy's trunk, trained with the policy's adapter)")
             if not self.uses_critic:
                 raise ValueError(f"critic_lora: advantage={self.advantage} uses no critic")
             if self.critic_lora.dropout > 0:
