@@ -269,3 +269,24 @@ def test_load_errors_are_one_line(tmp_path, gpt2_tok, make_llama):
     (run / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="records no base model"):
         load_adapter_run(run)
+
+
+def test_reference_view_runs_without_dropout_while_the_policy_trains(tmp_path, gpt2_tok):
+    """DPO trains its policy in train mode; the adapter-off reference must stay deterministic (eval mode, as a frozen
+    copy would be) and hand the policy back in train mode."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    ensure_pad_token(gpt2_tok)
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(vocab_size=len(gpt2_tok), n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                      resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5))
+    wrapped = wrap_lora(base, LoraConfig(r=4))
+    ids, mask = _batch(gpt2_tok)
+    base.eval()
+    want = _logits(base, ids, mask)
+    base.train()
+    ref = AdapterOffReference(wrapped)
+    first, second = _logits(ref, ids, mask), _logits(ref, ids, mask)
+    assert torch.equal(first, want) and torch.equal(second, want)
+    assert base.training and all(m.training for m in base.modules())
+    assert not torch.equal(_logits(base, ids, mask), want)  # the control: in train mode the policy does drop out

@@ -166,3 +166,26 @@ def test_pipeline_ppo_refuses_a_dpo_section(tiny_policy, data_dir, tmp_path, cap
             "rm.train_file=b.jsonl", "dpo.beta=0.2"]
     assert main(argv) == 2
     assert "dpo: method=ppo does not run the dpo stage" in _one_error(capsys)
+
+
+def test_a_lora_run_killed_then_resumed_equals_uninterrupted(tiny_policy, data_dir, tmp_path, capsys):  # noqa: F811
+    """policy_lora from the command line: the adapter (final/ and best/) and the metrics of a run killed after step 5
+    and resumed from its step-3 checkpoint equal those of an uninterrupted run."""
+    from tether.models.lora import ADAPTER_WEIGHTS
+
+    def adapter_outcome(out: Path) -> dict:
+        assert not (out / "final" / "model.safetensors").exists()
+        return {"final": tensor_hash(out / "final" / ADAPTER_WEIGHTS),
+                "best": tensor_hash(out / "best" / ADAPTER_WEIGHTS), "metrics": metrics(out / "metrics.jsonl")}
+
+    lora = "policy_lora={r: 4, alpha: 8}"
+    whole = tmp_path / "whole"
+    assert run_cli(dpo_argv(whole, tiny_policy, data_dir, lora)) == 0, capsys.readouterr().err
+    out = tmp_path / "run"
+    argv = dpo_argv(out, tiny_policy, data_dir, lora)
+    run_killed(argv, "after-step:5")
+    capsys.readouterr()
+    assert run_cli(argv) == 0, capsys.readouterr().err
+    assert "resuming from" in capsys.readouterr().err
+    assert adapter_outcome(out) == adapter_outcome(whole)
+    assert leftovers(tmp_path) == []

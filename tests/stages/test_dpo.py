@@ -281,3 +281,82 @@ def test_sequence_logps_sum_completion_tokens_only():
             lp = torch.log_softmax(model(ids[None]).logits[0].double(), -1)
         want = sum(float(lp[t - 1, ids[t]]) for t in range(1, n) if b["completion_mask"][row, t])
         assert float(got[row]) == pytest.approx(want, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ LoRA
+
+
+def _lora_run(tmp_path, name="run", **kw):
+    """DPO of a tiny GPT-2 saved to disk (so the adapter records its base) with a LoRA adapter."""
+    train, held = _files(tmp_path)
+    model, tok = _model()
+    base = tmp_path / "base"
+    if not base.is_dir():
+        model.save_pretrained(base)
+        tok.save_pretrained(base)
+    opts = dict(model=str(base), output_dir=str(tmp_path / name), train_file=str(train), eval_file=str(held),
+                batch_size=4, log_every=1, max_length=32, lr=1e-2, lr_schedule="constant", checkpoint_every=0,
+                policy_lora={"r": 4, "alpha": 8})
+    opts |= kw
+    cfg = DPOConfig(**opts)
+    return cfg, train_dpo(cfg, progress=False), base
+
+
+def _pair_logits(model, tok):
+    enc = tok(["the film was good", "the film was bad"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+
+
+@pytest.mark.parametrize("precompute", [False, True])
+def test_lora_policy_against_its_adapter_off_reference(tmp_path, precompute):
+    """policy_lora: step 0 is the oracle (the adapter starts as the identity, so the policy is the reference: loss ln
+    2, margin 0), the adapter learns the toy pairs, final/ holds only the adapter, and with the adapter off the model
+    is still exactly the base (the reference never moved)."""
+    from tether.models.lora import adapter_disabled, is_adapter_run, load_adapter_run
+
+    cfg, res, base_dir = _lora_run(tmp_path, num_epochs=3, beta=0.5, precompute_ref_logprobs=precompute)
+    steps = _steps(res)
+    assert steps[0]["loss"] == pytest.approx(math.log(2), rel=1e-6)
+    assert abs(steps[0]["rewards/margin"]) < 1e-6
+    assert sum(s["loss"] for s in steps[-8:]) / 8 < 0.8 * math.log(2)
+    final = res.output_dir
+    assert is_adapter_run(final) and not (final / "model.safetensors").exists()
+    assert (final / "tether_config.yaml").is_file() and (final / "README.md").is_file()
+    wrapped, tok = load_adapter_run(final)
+    base = load_causal_lm(base_dir)
+    tok.padding_side = "left"
+    with adapter_disabled(wrapped):
+        off = _pair_logits(wrapped.get_base_model(), tok)
+    assert torch.equal(off, _pair_logits(base, tok))
+    on = _pair_logits(wrapped.get_base_model(), tok)
+    assert not torch.allclose(on, off, atol=1e-4)
+    from tether.algos.parts import load_policy  # what tether eval and tether compare load a run with
+
+    loaded, _ = load_policy(str(final), pad_policy="add", progress=False)
+    assert torch.equal(_pair_logits(loaded, tok), on)
+
+
+def test_lora_merge_on_save_writes_a_plain_model(tmp_path):
+    from tether.models.lora import MERGED_DIR, load_adapter_run
+
+    _, res, _ = _lora_run(tmp_path, max_steps=4, policy_lora={"r": 4, "alpha": 8, "merge_on_save": True})
+    merged = load_causal_lm(res.output_dir / MERGED_DIR)
+    wrapped, tok = load_adapter_run(res.output_dir)
+    tok.padding_side = "left"
+    torch.testing.assert_close(_pair_logits(merged, tok),
+                               _pair_logits(wrapped.get_base_model(), tok), atol=1e-5, rtol=1e-5)
+
+
+def test_lora_on_a_model_that_carries_an_adapter_is_one_line(tmp_path):
+    from tether.config.lora import LoraConfig
+    from tether.errors import ConfigError
+    from tether.models.lora import wrap_lora
+
+    train, held = _files(tmp_path)
+    model, tok = _model()
+    wrap_lora(model, LoraConfig(r=4))
+    cfg = DPOConfig(output_dir=str(tmp_path / "run"), train_file=str(train), eval_file=str(held), batch_size=4,
+                    max_length=32, policy_lora={"r": 4})
+    with pytest.raises(ConfigError, match="carries a LoRA adapter"):
+        train_dpo(cfg, model=model, tokenizer=tok, progress=False)

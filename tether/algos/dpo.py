@@ -45,6 +45,7 @@ from tether.errors import ConfigError, DataError
 from tether.eval.heldout import BestTracker
 from tether.models.card import model_card
 from tether.models.forward import causal_lm_logits
+from tether.models.lora import AdapterOffReference, AdapterSave, is_adapted, wrap_lora
 from tether.models.precision import compute_context, master_weights
 from tether.monitor.trackers import check_stage_trackers
 
@@ -100,7 +101,7 @@ def pair_logps(model: nn.Module, examples: Sequence[dict[str, Any]], pad_token_i
     """(chosen, rejected) sequence log-probabilities of ``model``, each (N,) float32 on the CPU."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model.get_input_embeddings().weight.device  # also for a parameter-free adapter-off view
     chosen, rejected = [], []
     try:
         for s in range(0, len(examples), batch_size):
@@ -232,9 +233,16 @@ def train_dpo(
 
     train_ex = tok(train_records)
     eval_ex = tok(eval_records) if eval_records else []
+    adapter = None  # with policy_lora: the peft wrapper; the reference is then the policy with its adapter off
+    if cfg.policy_lora is not None:
+        if is_adapted(model):
+            raise ConfigError(f"model: {cfg.model or type(model).__name__} carries a LoRA adapter; train from its "
+                              "base model, or from the merged model (merged/, written with policy_lora.merge_on_save)")
+        adapter = wrap_lora(model, cfg.policy_lora)
+    base_view = AdapterOffReference(adapter) if adapter is not None else None
     reference: nn.Module | None = None
     if not cfg.precompute_ref_logprobs:
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
+        reference = base_view or copy.deepcopy(model).eval().requires_grad_(False)
     ref: dict[str, Tensor] = {}  # precomputed (or, with the live reference, the held-out pairs' scores, once)
 
     def score_ref(examples: list[dict], scorer: nn.Module) -> tuple[Tensor, Tensor]:
@@ -252,8 +260,10 @@ def train_dpo(
     # 2. schedule and the run: fresh, or continued from a checkpoint
     heldout = _HeldOut(evaluate, cfg.eval_every, 0) if eval_ex else None
 
+    saved = model if adapter is None else AdapterSave(adapter, tokenizer, merged=cfg.policy_lora.merge_on_save)
+
     def save_best() -> None:
-        _save(model, tokenizer, cfg, out_dir / "best", loop.history)
+        _save(saved, tokenizer, cfg, out_dir / "best", loop.history)
 
     r = start_offline_run(run, cfg, model, len(train_ex), "dpo", heldout=heldout,
                           save_best=save_best if heldout is not None else None)
@@ -268,9 +278,10 @@ def train_dpo(
                                 "missing or do not match the data; start over in a new output_dir")
             note(f"scoring {len(train_ex) + len(eval_ex)} pairs with the reference (precompute_ref_logprobs)")
             found = {}
-            found["train_chosen"], found["train_rejected"] = score_ref(train_ex, model)
+            start = base_view or model  # the starting model: with LoRA, the adapter switched off
+            found["train_chosen"], found["train_rejected"] = score_ref(train_ex, start)
             if eval_ex:
-                found["eval_chosen"], found["eval_rejected"] = score_ref(eval_ex, model)
+                found["eval_chosen"], found["eval_rejected"] = score_ref(eval_ex, start)
             _save_ref(out_dir / REF_FILE, found)
         ref.update(found)
     model.train()
@@ -323,7 +334,7 @@ def train_dpo(
     model.eval()
 
     # 4. save final/ (best/ was saved when its evaluation came)
-    _save(model, tokenizer, cfg, out_dir / "final", loop.history)
+    _save(saved, tokenizer, cfg, out_dir / "final", loop.history)
     loop.monitor.close()
     ev = loop.extra.get("eval") or {}
     best = out_dir / "best"
@@ -332,7 +343,8 @@ def train_dpo(
                      train_loss=loop.extra.get("train_loss"), steps=loop.step, metrics=loop.history)
 
 
-def _save(model: nn.Module, tokenizer: Any, cfg: DPOConfig, where: Path, history: list[dict]) -> None:
+def _save(model: Any, tokenizer: Any, cfg: DPOConfig, where: Path, history: list[dict]) -> None:
+    """``model``: the policy, or with ``policy_lora`` its :class:`AdapterSave` (the adapter, and merged/ on request)."""
     save_model_atomic(model, tokenizer, where, extra_files={"tether_config.yaml": dump(cfg),
                                                             "README.md": model_card("dpo", cfg, history)}, keep=())
 

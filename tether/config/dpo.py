@@ -12,6 +12,7 @@ from typing import ClassVar, Literal, Optional
 from pydantic import Field, model_validator
 
 from tether.config.base import DataSource, DeviceName, OutputDir, StepRun
+from tether.config.lora import LoraConfig
 from tether.config.monitor import ReportTo, report_to_field
 
 
@@ -58,6 +59,11 @@ class DPOConfig(StepRun):
     """Score every pair with the reference once, before the first step, and keep no reference model while training
     (half the model memory). The scores are stored in output_dir (reference_logps.safetensors, copied into each
     checkpoint) so a resumed run reads them back; the training is the same as with the live reference."""
+    policy_lora: Optional[LoraConfig] = None
+    """Train a LoRA adapter (through peft) instead of every weight of the policy: `r`, `alpha`, `dropout`,
+    `target_modules`, `merge_on_save`. The reference is then the same model with the adapter switched off (no
+    second copy); `final/` and `best/` hold the adapter (and `merged/` with `merge_on_save`), which `tether eval`
+    and `tether compare` read; null: full fine-tuning (docs/memory.md)."""
     max_length: int = Field(512, ge=8)
     """Longest prompt + completion (+ EOS) in tokens; longer ones lose prompt tokens from the left first (never the
     BOS), then completion tokens from the right (the EOS with them). The number truncated is logged."""

@@ -23,7 +23,7 @@ class LoraConfig(Section):
     """Scale numerator: the adapter's update is multiplied by alpha / r."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout on the adapter's input. PPO needs 0 (a dropout would make the first-minibatch ratio differ from 1);
-    SFT and reward-model training may use it."""
+    DPO may use it (its policy trains in train mode; the adapter-off reference always runs without dropout)."""
     target_modules: Optional[list[str]] = None
     """Names (or name suffixes) of the modules that get an adapter. Default: every linear projection of the
     transformer blocks, not the LM head (peft's `all-linear`): q/k/v/o and gate/up/down on Llama, Mistral, Qwen and

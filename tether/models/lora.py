@@ -131,7 +131,8 @@ class AdapterOffReference(nn.Module):
     """The frozen PPO reference as a view of the adapted policy: every forward runs the policy's model with its
     adapter switched off, i.e. the base weights the policy started from. It has no parameters of its own, so no
     second copy is held, ``.eval()``/``.train()``/``.requires_grad_()`` on it leave the policy as it is, and nothing
-    of it is saved. Shapes and outputs are those of the wrapped model's forward."""
+    of it is saved. Each forward runs in eval mode (and restores the policy's mode after), so a policy training in
+    train mode still has a reference without dropout. Shapes and outputs are those of the wrapped model's forward."""
 
     def __init__(self, peft_model):
         super().__init__()
@@ -148,8 +149,14 @@ class AdapterOffReference(nn.Module):
         return self._peft.get_base_model().get_output_embeddings()
 
     def forward(self, *args: Any, **kwargs: Any):
-        with torch.no_grad(), adapter_disabled(self._peft):
-            return self._peft.get_base_model()(*args, **kwargs)
+        base = self._peft.get_base_model()
+        was_training = base.training
+        base.eval()  # deterministic, as a frozen copy in eval mode: no dropout while the policy trains (DPO)
+        try:
+            with torch.no_grad(), adapter_disabled(self._peft):
+                return base(*args, **kwargs)
+        finally:
+            base.train(was_training)
 
 
 def adapter_state_dict(peft_model) -> dict[str, torch.Tensor]:
