@@ -350,7 +350,7 @@ def test_lora_merge_on_save_writes_a_plain_model(tmp_path):
 
 def test_lora_on_a_model_that_carries_an_adapter_is_one_line(tmp_path):
     from tether.config.lora import LoraConfig
-    from tether.errors import ConfigError
+    from tether.errors import ModelError
     from tether.models.lora import wrap_lora
 
     train, held = _files(tmp_path)
@@ -358,5 +358,5 @@ def test_lora_on_a_model_that_carries_an_adapter_is_one_line(tmp_path):
     wrap_lora(model, LoraConfig(r=4))
     cfg = DPOConfig(output_dir=str(tmp_path / "run"), train_file=str(train), eval_file=str(held), batch_size=4,
                     max_length=32, policy_lora={"r": 4})
-    with pytest.raises(ConfigError, match="carries a LoRA adapter"):
+    with pytest.raises(ModelError, match="already carries a peft adapter"):
         train_dpo(cfg, model=model, tokenizer=tok, progress=False)

@@ -45,7 +45,7 @@ from tether.errors import ConfigError, DataError
 from tether.eval.heldout import BestTracker
 from tether.models.card import model_card
 from tether.models.forward import causal_lm_logits
-from tether.models.lora import AdapterOffReference, AdapterSave, is_adapted, wrap_lora
+from tether.models.lora import AdapterOffReference, AdapterSave, wrap_lora
 from tether.models.precision import compute_context, master_weights
 from tether.monitor.trackers import check_stage_trackers
 
@@ -235,10 +235,7 @@ def train_dpo(
     eval_ex = tok(eval_records) if eval_records else []
     adapter = None  # with policy_lora: the peft wrapper; the reference is then the policy with its adapter off
     if cfg.policy_lora is not None:
-        if is_adapted(model):
-            raise ConfigError(f"model: {cfg.model or type(model).__name__} carries a LoRA adapter; train from its "
-                              "base model, or from the merged model (merged/, written with policy_lora.merge_on_save)")
-        adapter = wrap_lora(model, cfg.policy_lora)
+        adapter = wrap_lora(model, cfg.policy_lora)  # a model that already carries one: ModelError, one line
     base_view = AdapterOffReference(adapter) if adapter is not None else None
     reference: nn.Module | None = None
     if not cfg.precompute_ref_logprobs:
